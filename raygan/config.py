@@ -1,0 +1,272 @@
+"""Typed configuration: one frozen dataclass per component, defaults in one visible place.
+
+Every field is documented by the string under it. `from_dict` refuses unknown keys, naming the
+closest valid ones, and `apply_overrides` turns `key=value` strings (bare or `section.key`) into a
+new config, so the CLI, YAML files and Tune search spaces share one schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from raygan.errors import RayganError
+
+ESTIMATORS = ("gumbel", "rollout", "dense")
+LOSSES = ("standard", "rsgan", "hinge", "wgan-gp")
+ANNEAL_SCHEDULES = ("exp", "linear")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    vocab_size: int = 5000
+    """Number of token ids, special tokens included."""
+    max_len: int = 20
+    """Tokens per sequence (EOS included, BOS excluded); shorter sequences are padded."""
+    g_embed_dim: int = 32
+    """Generator embedding width (SeqGAN: 32)."""
+    g_hidden_dim: int = 32
+    """Generator LSTM width (SeqGAN: 32)."""
+    g_layers: int = 1
+    """Generator LSTM layers."""
+    z_dim: int = 0
+    """Latent code z ~ N(0, I) per sequence, fed at every step; 0 turns it off."""
+    d_embed_dim: int = 64
+    """Discriminator embedding width."""
+    d_hidden_dim: int = 64
+    """Discriminator LSTM width."""
+    d_layers: int = 1
+    """Discriminator LSTM layers."""
+    d_dropout: float = 0.25
+    """Dropout on the discriminator's embeddings and LSTM outputs."""
+    start_id: int = 0
+    """Token fed to G at t=0: BOS for text corpora, 0 for the SeqGAN oracle."""
+    eos_id: int | None = None
+    """End-of-sequence id for variable-length corpora; None means fixed-length sequences."""
+    pad_id: int | None = None
+    """Padding id after EOS; required when eos_id is set."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "g_embed_dim", "g_hidden_dim", "g_layers"):
+            _check_positive(self, name)
+        for name in ("d_embed_dim", "d_hidden_dim", "d_layers"):
+            _check_positive(self, name)
+        if self.z_dim < 0:
+            raise RayganError(f"z_dim must be >= 0, got {self.z_dim}")
+        if not 0.0 <= self.d_dropout < 1.0:
+            raise RayganError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
+        if (self.eos_id is None) != (self.pad_id is None):
+            raise RayganError(
+                f"eos_id and pad_id must be set together, got eos_id={self.eos_id} "
+                f"pad_id={self.pad_id}"
+            )
+        for name in ("start_id", "eos_id", "pad_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise RayganError(
+                    f"{name} must be in [0, vocab_size={self.vocab_size}), got {value}"
+                )
+
+    @property
+    def variable_length(self) -> bool:
+        return self.eos_id is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GANConfig:
+    estimator: str = "gumbel"
+    """How G's gradient crosses the discrete tokens: gumbel (RelGAN), rollout (SeqGAN), dense (ScratchGAN)."""
+    loss: str = "rsgan"
+    """Adversarial objective: standard (non-saturating), rsgan, hinge, wgan-gp (gumbel only)."""
+    g_lr: float = 1e-4
+    """Generator Adam learning rate in adversarial training."""
+    d_lr: float = 1e-4
+    """Discriminator Adam learning rate."""
+    mle_lr: float = 1e-2
+    """Generator Adam learning rate during MLE pretraining (SeqGAN: 0.01)."""
+    d_steps: int = 1
+    """Discriminator updates per generator update."""
+    grad_clip: float = 5.0
+    """Max global gradient norm for G and D; 0 disables clipping."""
+    adam_beta1: float = 0.9
+    """Adam beta1 for both networks."""
+    gumbel_max_temperature: float = 100.0
+    """Final inverse temperature beta of the Gumbel-softmax (RelGAN: 100 or 1000); starts at 1."""
+    gumbel_anneal: str = "exp"
+    """Schedule of beta from 1 to the max over the adversarial steps: exp or linear."""
+    rollout_num: int = 16
+    """Monte-Carlo completions per prefix for the rollout estimator (SeqGAN: 16)."""
+    dense_gamma: float = 0.23
+    """Discount of per-step rewards for the dense estimator (ScratchGAN: 0.23)."""
+    baseline_decay: float = 0.8
+    """Moving-average decay of the per-step reward baseline (dense estimator)."""
+    gp_weight: float = 10.0
+    """Gradient-penalty weight for wgan-gp."""
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "estimator", ESTIMATORS)
+        _check_choice(self, "loss", LOSSES)
+        _check_choice(self, "gumbel_anneal", ANNEAL_SCHEDULES)
+        if self.loss == "wgan-gp" and self.estimator != "gumbel":
+            raise RayganError(
+                f"loss='wgan-gp' needs soft inputs: estimator must be 'gumbel', got {self.estimator!r}"
+            )
+        for name in ("g_lr", "d_lr", "mle_lr", "d_steps", "rollout_num"):
+            _check_positive(self, name)
+        if self.gumbel_max_temperature < 1.0:
+            raise RayganError(
+                f"gumbel_max_temperature must be >= 1, got {self.gumbel_max_temperature}"
+            )
+        for name in ("dense_gamma", "baseline_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RayganError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise RayganError(f"grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    seed: int = 0
+    """Seeds parameters, data order and sampling."""
+    batch_size: int = 64
+    """Sequences per step, summed over all workers (SeqGAN: 64)."""
+    mle_steps: int = 2000
+    """MLE pretraining steps of G (0 skips pretraining)."""
+    d_pretrain_steps: int = 0
+    """Discriminator steps on G's samples before adversarial training."""
+    adv_steps: int = 1000
+    """Adversarial generator steps (each preceded by d_steps discriminator steps)."""
+    eval_every: int = 200
+    """Steps between evaluations (NLL metrics)."""
+    eval_samples: int = 1000
+    """Samples drawn for NLL_oracle / BLEU at each evaluation."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build from a nested dict (`{"gan": {"d_steps": 3}}`) or flat keys (`{"d_steps": 3}`)."""
+        return apply_overrides(cls(), data)
+
+    @classmethod
+    def keys(cls) -> dict[str, str]:
+        """Every bare field name mapped to its section."""
+        return {
+            f.name: section for section, sub in _sections().items() for f in dataclasses.fields(sub)
+        }
+
+
+def _sections() -> dict[str, type]:
+    return {"model": ModelConfig, "gan": GANConfig, "schedule": ScheduleConfig}
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """Return `config` with overrides applied; keys are `name` or `section.name`.
+
+    A list is parsed as `key=value` strings; values are converted to the field's type.
+    """
+    if isinstance(overrides, list):
+        overrides = parse_key_values(overrides)
+    flat = _flatten(overrides)
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
+    for key, value in flat.items():
+        section, name = resolve_key(key)
+        per_section[section][name] = _convert(section, name, value)
+    return Config(
+        **{
+            section: dataclasses.replace(getattr(config, section), **values)
+            for section, values in per_section.items()
+        }
+    )
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """Map `d_steps` or `gan.d_steps` to ("gan", "d_steps"); unknown keys raise ValueError."""
+    owners = Config.keys()
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in _sections() and owners.get(name) == section:
+            return section, name
+    elif key in owners:
+        return owners[key], key
+    valid = sorted(owners) + sorted(f"{s}.{n}" for n, s in owners.items())
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else f"; valid keys: {', '.join(sorted(owners))}"
+    )
+    raise RayganError(f"unknown config key {key!r}{hint}")
+
+
+def parse_key_values(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RayganError(f"override {item!r} is not of the form key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _sections() and isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _convert(section: str, name: str, value: Any) -> Any:
+    """Coerce a YAML/CLI value to the field's declared type, naming the field on failure."""
+    hint = typing.get_type_hints(_sections()[section])[name]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in allowed:
+            return None
+        raise RayganError(f"config key {name!r} cannot be None")
+    target = next(t for t in allowed if t is not type(None))
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return (
+                int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            )
+        if target is float:
+            return float(value)
+        return target(value)
+    except (TypeError, ValueError):
+        raise RayganError(f"config key {name!r} expects {target.__name__}, got {value!r}") from None
+
+
+def _check_positive(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if value <= 0:
+        raise RayganError(f"{name} must be > 0, got {value}")
+
+
+def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise RayganError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

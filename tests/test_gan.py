@@ -1,0 +1,191 @@
+"""Training steps: who changes what, gradient paths, rollout rewards, losses, MLE progress."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from raygan.config import GANConfig
+from raygan.errors import RayganError
+from raygan.gan import (
+    d_step,
+    discounted_returns,
+    g_step,
+    gumbel_beta,
+    mle_step,
+    rollout_rewards,
+)
+from raygan.losses import d_loss, g_loss
+from raygan.metrics import nll_test, sample_tokens
+from raygan.models import Discriminator, Generator, Oracle
+from tests.conftest import TINY
+
+
+def _snapshot(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _same(model, snapshot) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(model.parameters(), snapshot, strict=True))
+
+
+def _setup(cfg, lr=1e-2):
+    gen, disc = Generator(cfg), Discriminator(cfg)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=lr)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr)
+    real = gen.sample(8, generator=torch.Generator().manual_seed(9))
+    return gen, disc, opt_g, opt_d, real
+
+
+@pytest.mark.parametrize("estimator", ["gumbel", "rollout", "dense"])
+def test_d_step_leaves_g_and_g_step_leaves_d(tiny_cfg, estimator):
+    cfg = GANConfig(estimator=estimator, rollout_num=3)
+    gen, disc, opt_g, opt_d, real = _setup(tiny_cfg)
+    g_before, d_before = _snapshot(gen), _snapshot(disc)
+    stats = d_step(gen, disc, opt_d, real.tokens_BT, real.lengths_B, cfg=cfg, lr=1e-2)
+    assert _same(gen, g_before) and not _same(disc, d_before)
+    assert all(isinstance(v, float) for v in stats.values())
+    d_after = _snapshot(disc)
+    stats = g_step(gen, disc, opt_g, real.tokens_BT, real.lengths_B, cfg=cfg, lr=1e-2, beta=2.0)
+    assert _same(disc, d_after) and not _same(gen, g_before)
+    assert all(p.grad is None for p in disc.parameters())
+    assert disc.training  # g_step restores D's mode
+    assert set(stats) >= {"g_loss", "g_grad_norm"}
+
+
+def test_gumbel_gradient_reaches_generator(tiny_cfg):
+    gen, disc = Generator(tiny_cfg), Discriminator(tiny_cfg)
+    soft_BTV, _ = gen(gumbel_beta=1.0, num=4, generator=torch.Generator().manual_seed(0))
+    _, seq_B = disc(soft_BTV)
+    seq_B.sum().backward()
+    for name, p in gen.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_learning_rate_is_applied_every_call(tiny_cfg):
+    gen, disc, opt_g, opt_d, real = _setup(tiny_cfg)
+    cfg = GANConfig(rollout_num=2)
+    d_step(gen, disc, opt_d, real.tokens_BT, real.lengths_B, cfg=cfg, lr=0.123)
+    g_step(gen, disc, opt_g, real.tokens_BT, real.lengths_B, cfg=cfg, lr=0.0456)
+    assert opt_d.param_groups[0]["lr"] == 0.123 and opt_g.param_groups[0]["lr"] == 0.0456
+
+
+@pytest.mark.parametrize("loss", ["standard", "rsgan", "hinge"])
+def test_d_loss_falls_on_a_fixed_batch(loss):
+    cfg = GANConfig(estimator="rollout", loss=loss)
+    gen, disc, _, opt_d, real = _setup(TINY, lr=1e-2)
+    losses = []
+    for _ in range(40):  # the same fake batch every time: same seed
+        stats = d_step(
+            gen,
+            disc,
+            opt_d,
+            real.tokens_BT,
+            cfg=cfg,
+            lr=1e-2,
+            generator=torch.Generator().manual_seed(1),
+        )
+        losses.append(stats["d_loss"])
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_wgan_gp_d_step_on_soft_inputs():
+    cfg = GANConfig(estimator="gumbel", loss="wgan-gp")
+    gen, disc, _, opt_d, real = _setup(TINY)
+    stats = d_step(gen, disc, opt_d, real.tokens_BT, cfg=cfg, lr=1e-3, beta=3.0)
+    assert torch.isfinite(torch.tensor(stats["d_loss"]))
+    with pytest.raises(ValueError, match=r"wgan-gp.*estimator must be 'gumbel'"):
+        GANConfig(estimator="rollout", loss="wgan-gp")
+
+
+def test_losses_have_the_right_sign_on_easy_cases():
+    good_real, good_fake = torch.full((8,), 6.0), torch.full((8,), -6.0)
+    for kind in ("standard", "rsgan", "hinge"):
+        easy, hard = d_loss(kind, good_real, good_fake), d_loss(kind, good_fake, good_real)
+        assert torch.isfinite(easy) and easy < 0.01 and hard > 5, kind
+        fooled, caught = g_loss(kind, good_fake, good_real), g_loss(kind, good_real, good_fake)
+        assert fooled < caught, kind
+    assert d_loss("wgan-gp", good_real, good_fake) < 0 < d_loss("wgan-gp", good_fake, good_real)
+    assert g_loss("wgan-gp", good_real, good_fake) > g_loss("wgan-gp", good_fake, good_real)
+
+
+def test_rollout_completions_keep_their_prefix(tiny_cfg):
+    gen = Generator(tiny_cfg)
+    samples = gen.sample(5, generator=torch.Generator().manual_seed(0))
+    completions = gen.rollout_completions(
+        samples.tokens_BT, 4, generator=torch.Generator().manual_seed(1)
+    )
+    T = tiny_cfg.max_len
+    assert completions.shape == (T - 1, 4, 5, T)
+    for t in range(1, T):
+        assert torch.equal(
+            completions[t - 1, :, :, :t], samples.tokens_BT[None].expand(4, -1, -1)[:, :, :t]
+        )
+    # the sampled tails differ between rollouts (they are Monte-Carlo draws, not copies)
+    assert not torch.equal(completions[0, 0], completions[0, 1])
+
+
+def test_rollout_rewards_come_from_completions_of_that_prefix():
+    """Regression test for the scrambled reshape in TextGAN-PyTorch: reward[b, t] must be the mean
+    D score over the completions of row b's own prefix of t+1 tokens."""
+    gen, disc = Generator(TINY), Discriminator(TINY).eval()
+    samples = gen.sample(6, generator=torch.Generator().manual_seed(0))
+    M, T = 5, TINY.max_len
+    rewards_BT = rollout_rewards(gen, disc, samples, M, generator=torch.Generator().manual_seed(7))
+    completions = gen.rollout_completions(
+        samples.tokens_BT, M, generator=torch.Generator().manual_seed(7)
+    )
+    for b, t in itertools.product(range(6), range(T - 1)):
+        rows = completions[t, :, b]  # (M, T): completions of prefix t+1 of row b
+        assert torch.equal(rows[:, : t + 1], samples.tokens_BT[b, : t + 1].expand(M, -1))
+        expected = torch.sigmoid(disc(rows)[1]).mean()
+        torch.testing.assert_close(rewards_BT[b, t], expected)
+    torch.testing.assert_close(rewards_BT[:, -1], torch.sigmoid(disc(samples.tokens_BT)[1]))
+
+
+def test_discounted_returns():
+    rewards = torch.tensor([[1.0, 2.0, 3.0]])
+    gamma = 0.5
+    expected = torch.tensor([[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0]])
+    torch.testing.assert_close(discounted_returns(rewards, gamma), expected)
+
+
+def test_dense_baseline_moves_towards_batch_returns():
+    cfg = GANConfig(estimator="dense", baseline_decay=0.5)
+    gen, disc, opt_g, _, real = _setup(TINY)
+    baseline_T = torch.zeros(TINY.max_len)
+    g_step(gen, disc, opt_g, real.tokens_BT, cfg=cfg, lr=1e-3, baseline_T=baseline_T)
+    assert (baseline_T < 0).all()  # returns of log-sigmoid rewards are negative
+
+
+def test_gumbel_beta_schedules():
+    assert gumbel_beta(0, 100, 1000.0, "exp") == 1.0
+    assert gumbel_beta(100, 100, 1000.0, "exp") == pytest.approx(1000.0)
+    assert gumbel_beta(50, 100, 100.0, "exp") == pytest.approx(10.0)
+    assert gumbel_beta(50, 100, 101.0, "linear") == pytest.approx(51.0)
+    assert gumbel_beta(500, 100, 101.0, "linear") == pytest.approx(101.0)
+
+
+def test_mle_lowers_nll_test_on_oracle_samples():
+    oracle = Oracle.random(vocab_size=20, max_len=8, seed=0)
+    train = sample_tokens(oracle, 512, seed=1).tokens_BT
+    test = sample_tokens(oracle, 256, seed=2).tokens_BT
+    cfg = dataclasses.replace(TINY, vocab_size=20, max_len=8)
+    gen = Generator(cfg)
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+    before = nll_test(gen, test)
+    for _ in range(3):
+        for batch in train.split(32):
+            mle_step(gen, opt, batch, lr=1e-2)
+    assert nll_test(gen, test) < before - 0.3
+
+
+def test_batches_that_do_not_match_the_model_are_refused():
+    gen, disc, opt_g, opt_d, _ = _setup(TINY)
+    with pytest.raises(RayganError, match=r"shape \(2, 7\); expected \(batch, max_len=6\)"):
+        mle_step(gen, opt_g, torch.zeros(2, 7, dtype=torch.long), lr=1e-3)
+    with pytest.raises(RayganError, match=r"token id 12; expected ids in \[0, vocab_size=12\)"):
+        d_step(gen, disc, opt_d, torch.full((2, 6), 12), cfg=GANConfig(), lr=1e-3)
