@@ -145,12 +145,65 @@ class ScheduleConfig:
     eval_samples: int = 1000
     """Samples drawn for NLL_oracle / BLEU at each evaluation."""
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_every", "eval_samples"):
+            _check_positive(self, name)
+        for name in ("mle_steps", "d_pretrain_steps", "adv_steps"):
+            if getattr(self, name) < 0:
+                raise RayganError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.mle_steps + self.d_pretrain_steps + self.adv_steps
+
+
+MONITORS = ("nll_test", "g_loss")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    num_workers: int = 2
+    """Ray Train workers; G and D are each wrapped in DDP across them."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL backend; CPU workers use gloo."""
+    bf16: bool = False
+    """bf16 autocast for forward passes on CUDA (ignored on CPU, with a warning)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (a step is one MLE, D-pretrain or adversarial G step)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept by Ray Train (the newest)."""
+    max_failures: int = 2
+    """Worker-group restarts from the last checkpoint before the run fails."""
+    patience: int = 0
+    """Early stopping: evaluations without improvement of `monitor` before stopping; 0 disables."""
+    monitor: str = "nll_test"
+    """Early-stopping metric: nll_test (held-out NLL, lower is better) or g_loss (see g_loss_threshold)."""
+    g_loss_threshold: float = 0.0
+    """With monitor=g_loss: stop once the adversarial G loss falls under this value."""
+    rng_streams: int = 0
+    """Random streams the global batch is split into (0: one per worker). Equal values make runs
+    with different worker counts draw the same samples."""
+    init_from: str = ""
+    """Checkpoint directory whose G (and D) weights start this run; its vocab must match the data."""
+    fail_at_step: int = -1
+    """Test hook: the last worker SIGKILLs itself on reaching this step, on the first attempt only."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "cpus_per_worker", "checkpoint_every", "keep_checkpoints"):
+            _check_positive(self, name)
+        _check_choice(self, "monitor", MONITORS)
+        if self.patience < 0 or self.max_failures < 0 or self.rng_streams < 0:
+            raise RayganError("patience, max_failures and rng_streams must be >= 0")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -169,7 +222,12 @@ class Config:
 
 
 def _sections() -> dict[str, type]:
-    return {"model": ModelConfig, "gan": GANConfig, "schedule": ScheduleConfig}
+    return {
+        "model": ModelConfig,
+        "gan": GANConfig,
+        "schedule": ScheduleConfig,
+        "trainer": TrainerConfig,
+    }
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any] | list[str]) -> Config:
@@ -179,7 +237,7 @@ def apply_overrides(config: Config, overrides: dict[str, Any] | list[str]) -> Co
     """
     if isinstance(overrides, list):
         overrides = parse_key_values(overrides)
-    flat = _flatten(overrides)
+    flat = flatten(overrides)
     per_section: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
     for key, value in flat.items():
         section, name = resolve_key(key)
@@ -221,7 +279,7 @@ def parse_key_values(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in _sections() and isinstance(value, dict):

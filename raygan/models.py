@@ -166,9 +166,10 @@ class Generator(nn.Module):
         """Feed one token per row; the vocab projection is left to whoever needs it."""
         return self.lstm(self._inputs(self.embed(tokens_B)[:, None, :], z_BZ), state)[1]
 
-    def _draw(self, h_BH, generator, temperature=1.0, top_k=0, top_p=1.0) -> Tensor:
+    def _draw(self, h_BH, generator, temperature=1.0, top_k=0, top_p=1.0, u_B=None) -> Tensor:
         """Sample the next token from top-layer states, projecting SAMPLE_CHUNK_ROWS rows at a time."""
-        u_B = rand_rows(generator, h_BH.shape[0], device=h_BH.device)
+        if u_B is None:
+            u_B = rand_rows(generator, h_BH.shape[0], device=h_BH.device)
         draws = []
         for h_CH, u_C in zip(
             h_BH.split(SAMPLE_CHUNK_ROWS), u_B.split(SAMPLE_CHUNK_ROWS), strict=True
@@ -300,7 +301,10 @@ class Generator(nn.Module):
             h_LBH, c_LBH = prefix_states[t]
             h_LRH[:, new], c_LRH[:, new] = h_LBH.repeat(1, M, 1), c_LBH.repeat(1, M, 1)
             active = slice(0, t * chunk)
-            next_R = self._draw(h_LRH[-1, active], generator)
+            # One uniform per active row, drawn as (B, t*M) so that batch row b's draws come from
+            # b's random stream: a data-parallel worker then draws exactly its rows' numbers.
+            u_R = rand_rows(generator, B, t * M, device=tokens_BT.device).T.reshape(-1)
+            next_R = self._draw(h_LRH[-1, active], generator, u_B=u_R)
             if cfg.variable_length:
                 next_R = next_R.masked_fill(finished_R[active], cfg.pad_id)
                 finished_R[active] |= next_R == cfg.eos_id

@@ -58,3 +58,50 @@ def seqgan_oracle_path() -> Path:
     if not SEQGAN_ORACLE.is_file():
         pytest.skip(f"SeqGAN oracle not present at {SEQGAN_ORACLE} (../shared/data is optional)")
     return SEQGAN_ORACLE
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One Ray cluster for the whole session: 2 nodes x 1 CPU, so multi-node placement is real."""
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raygan.ray_env import ray_environment
+
+    ray_environment()
+    # Unix socket paths must stay short: a fresh dir under /tmp, not pytest's deep tmp path.
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def oracle_data(tmp_path_factory) -> str:
+    """A tiny random-oracle corpus: vocab 30, length 8, 256 training and 64 held-out rows."""
+    from raygan.data import prepare_oracle
+
+    out = tmp_path_factory.mktemp("oracle") / "data"
+    prepare_oracle(
+        str(out), oracle="random", num_samples=256, num_test=64, vocab_size=30, max_len=8,
+        seed=0, progress=False,
+    )  # fmt: skip
+    return str(out)
+
+
+# Train settings every trainer test starts from: tiny nets, a few steps of each phase. The loss is
+# `standard`: under rsgan D's output bias gets an analytically zero gradient, which Adam turns
+# into lr-sized steps along float noise, so it cannot be compared across process counts.
+TINY_TRAIN = {
+    "batch_size": 8, "mle_steps": 4, "d_pretrain_steps": 1, "adv_steps": 4, "eval_every": 4,
+    "eval_samples": 32, "checkpoint_every": 3, "g_embed_dim": 8, "g_hidden_dim": 8,
+    "d_embed_dim": 8, "d_hidden_dim": 8, "d_dropout": 0.0, "rollout_num": 2, "rng_streams": 2,
+    "num_workers": 2, "loss": "standard",
+}  # fmt: skip

@@ -230,3 +230,17 @@ def test_row_streams_split_a_batch_like_data_parallel_workers(tiny_cfg):
     torch.testing.assert_close(soft, torch.cat(soft_halves))
     with pytest.raises(RayganError, match="7 rows cannot be split into 2 equal random streams"):
         gen.sample(7, generator=streams(1, 2))
+
+
+def test_row_streams_split_rollouts_like_data_parallel_workers():
+    from raygan.models import RowStreams
+
+    gen = Generator(TINY)
+    tokens_BT = gen.sample(8, generator=torch.Generator().manual_seed(0)).tokens_BT
+    streams = lambda *seeds: RowStreams([torch.Generator().manual_seed(s) for s in seeds])  # noqa: E731
+    whole = gen.rollout_completions(tokens_BT, 3, generator=streams(5, 6))  # (T-1, M, B, T)
+    halves = [
+        gen.rollout_completions(tokens_BT[i * 4 : (i + 1) * 4], 3, generator=streams(seed))
+        for i, seed in enumerate((5, 6))
+    ]
+    assert torch.equal(whole, torch.cat(halves, dim=2))

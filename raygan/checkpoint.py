@@ -1,0 +1,114 @@
+"""Checkpoints: the full training state in one directory, written atomically, loaded without pickle.
+
+A checkpoint directory holds
+    state.pt        G, D, the three optimizers, step, data position, reward baseline, early stopping
+    config.json     the resolved Config
+    checkpoint.json step, phase, metrics, and where the data came from
+    manifest.json   the data manifest (vocab, special ids, max_len) ...
+    tokenizer.json  ... and tokenizer, or oracle.npz for oracle data, so that sampling, serving and
+                    NLL_oracle need nothing but this directory.
+`state.pt` is read with `torch.load(weights_only=True)`: tensors, numbers, strings and containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raygan.config import Config
+from raygan.errors import RayganError
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
+META_FILE = "checkpoint.json"
+DATA_FILES = ("manifest.json", "tokenizer.json", "oracle.npz")  # raygan.data's file names
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    state: dict[str, Any],
+    config: Config,
+    meta: dict[str, Any],
+    data_dir: str | Path | None = None,
+) -> Path:
+    """Write a checkpoint to `directory`: everything goes into a sibling temp dir first, then one
+    rename publishes it, so a reader never sees half a checkpoint."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+        if data_dir is not None:
+            for name in DATA_FILES:
+                src = Path(data_dir) / name
+                if src.is_file():
+                    shutil.copyfile(src, tmp / name)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy a checkpoint directory to `dst` atomically (e.g. exporting RUN_DIR/final)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        _replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    old = None
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """Accept a checkpoint directory, or a run/tune directory holding `final/` or `best/`."""
+    path = Path(path)
+    for candidate in (path, path / "final", path / "best"):
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    raise RayganError(f"{path} holds no checkpoint ({STATE_FILE} not found, nor final/ or best/)")
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, dict[str, Any]]:
+    directory = resolve_checkpoint_dir(path)
+    try:
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        config = Config.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        meta = json.loads((directory / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
+        raise RayganError(f"checkpoint {directory} is unreadable: {exc}") from None
+    meta["directory"] = str(directory)
+    return state, config, meta
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu"):
+    """(Generator in eval mode, Config, meta) from a checkpoint directory."""
+    from raygan.models import Generator
+
+    state, config, meta = load_checkpoint(path)
+    gen = Generator(config.model)
+    gen.load_state_dict(state["generator"])
+    return gen.to(device).eval(), config, meta

@@ -1,0 +1,237 @@
+"""The `raygan` command line; the only module that reads sys.argv.
+
+raygan prepare --input corpus.txt --out data/           # text -> tokenizer + Parquet shards
+raygan prepare --oracle random --num-samples 10000 --out data/
+raygan train --data data/ --out runs/a num_workers=2 estimator=rollout d_steps=3
+raygan sample --checkpoint runs/a -n 5 --temperature 0.8
+raygan evaluate oracle --oracle-path target_params.npz  # MLE + each estimator, one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from raygan import __version__
+from raygan.errors import RayganError
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="benchmarks and metrics")
+    what = p.add_subparsers(dest="what", required=True)
+    o = what.add_parser(
+        "oracle",
+        help="synthetic-oracle benchmark in one process: MLE, then each adversarial estimator",
+        description="MLE pretraining then gumbel/rollout/dense adversarial training on an oracle, "
+        "printing NLL_oracle and NLL_test per phase and the wall time.",
+    )
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("--oracle-path", help="SeqGAN oracle .npz (target_params.npz)")
+    src.add_argument("--random-oracle", action="store_true", help="a seeded random oracle, no file")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--num-train", type=int, default=10_000, help="oracle samples to train on")
+    o.add_argument("--num-test", type=int, default=10_000, help="held-out oracle samples")
+    o.add_argument("--mle-epochs", type=int, default=80)
+    o.add_argument("--eval-every-epochs", type=int, default=10)
+    o.add_argument("--adv-steps", type=int, default=200, help="adversarial G steps per estimator")
+    o.add_argument("--d-pretrain-steps", type=int, default=100)
+    o.add_argument(
+        "--estimators", default="gumbel,rollout,dense", help="comma-separated: gumbel,rollout,dense"
+    )
+    o.add_argument("--eval-samples", type=int, default=10_000, help="samples for NLL_oracle")
+    o.add_argument("--out", help="write the results as JSON here")
+
+
+def _run_evaluate(args) -> int:
+    from raygan.evaluate import PRESETS, OracleBenchmark, run_oracle_benchmark, write_result
+
+    estimators = tuple(e for e in args.estimators.split(",") if e)
+    unknown = [e for e in estimators if e not in PRESETS]
+    if unknown:
+        raise RayganError(
+            f"--estimators: unknown {', '.join(unknown)}; valid: {', '.join(PRESETS)}"
+        )
+    for flag in ("num_train", "num_test", "eval_samples", "eval_every_epochs"):
+        if getattr(args, flag) <= 0:
+            raise RayganError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    bench = OracleBenchmark(
+        oracle_path=args.oracle_path,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        mle_epochs=args.mle_epochs,
+        eval_every_epochs=args.eval_every_epochs,
+        adv_steps=args.adv_steps,
+        d_pretrain_steps=args.d_pretrain_steps,
+        estimators=estimators,
+        eval_samples=args.eval_samples,
+    )
+    result = run_oracle_benchmark(bench)
+    if args.out:
+        write_result(result, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="adversarial training on Ray Train (DDP); re-running resumes",
+        description="MLE pretraining then adversarial training on Ray Train workers. Every config "
+        "key can be set in --config YAML or as key=value (bare or section.key), e.g. "
+        "num_workers=2 estimator=rollout d_steps=3 adv_steps=500.",
+    )
+    p.add_argument("--data", required=True, help="directory written by `raygan prepare`")
+    p.add_argument("--out", required=True, help="RUN_DIR: checkpoints, TensorBoard, final/")
+    p.add_argument("--config", help="YAML file of config keys (nested sections or flat keys)")
+    p.add_argument("--fresh", action="store_true", help="discard a previous run in RUN_DIR")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _run_train(args) -> int:
+    from raygan.config import parse_key_values
+    from raygan.train import fit
+
+    overrides = load_yaml_overrides(args.config) if args.config else {}
+    overrides.update(parse_key_values(args.overrides))
+    summary = fit(args.data, args.out, overrides, fresh=args.fresh)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    return 0
+
+
+def load_yaml_overrides(path: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RayganError(f"config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise RayganError(f"config file {path} must hold a mapping of config keys")
+    from raygan.config import Config
+
+    try:
+        Config.from_dict(data)  # an unknown key is named, with the close valid ones
+    except RayganError as exc:
+        raise RayganError(f"config file {path}: {exc}") from None
+    return data
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="print decoded samples from a checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint dir, or a RUN_DIR (final/) or TUNE_DIR (best/)",
+    )
+    p.add_argument("-n", "--num", type=int, default=5)
+    p.add_argument("--prefix", default=None, help="text the samples start with")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_sample(args) -> int:
+    import torch
+
+    from raygan.checkpoint import load_generator, resolve_checkpoint_dir
+    from raygan.data import load_codec
+
+    if args.num < 1:
+        raise RayganError(f"-n must be >= 1, got {args.num}")
+    if not 0 < args.temperature <= 10:
+        raise RayganError(f"--temperature must be in (0, 10], got {args.temperature}")
+    if not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise RayganError(
+            f"--top-p must be in (0, 1] and --top-k >= 0; got {args.top_p}, {args.top_k}"
+        )
+    directory = resolve_checkpoint_dir(args.checkpoint)
+    gen, _config, _ = load_generator(directory)
+    codec = load_codec(str(directory))
+    prefix = None
+    if args.prefix:
+        ids, unknown = codec.encode_with_unknown(args.prefix)
+        if unknown:
+            print(
+                f"# unknown words mapped to the unknown token: {', '.join(unknown)}",
+                file=sys.stderr,
+            )
+        prefix = torch.tensor([ids] * args.num, dtype=torch.long)
+    samples = gen.sample(
+        args.num, generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, prefix_BP=prefix,
+    )  # fmt: skip
+    for row in samples.tokens_BT.tolist():
+        print(codec.decode(row))
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on generated data: prepare -> train (2 Ray workers) -> samples",
+    )
+    p.add_argument("--out", default="demo_out", help="where data, run and checkpoints go")
+
+
+def _run_demo(args) -> int:
+    from raygan.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raygan", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"raygan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_sample(sub)
+    _add_evaluate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _add_prepare(sub) -> None:
+    from raygan.data import add_prepare_arguments
+
+    p = sub.add_parser(
+        "prepare",
+        help="text or oracle samples -> tokenizer + Parquet shards + manifest.json",
+        description="Turn UTF-8 text (one sentence per line) or oracle samples into Parquet shards.",
+    )
+    add_prepare_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "prepare":
+            from raygan.data import run_prepare
+
+            return run_prepare(args)
+        if args.command == "train":
+            return _run_train(args)
+        if args.command == "sample":
+            return _run_sample(args)
+        if args.command == "evaluate":
+            return _run_evaluate(args)
+        if args.command == "demo":
+            return _run_demo(args)
+    except RayganError as exc:
+        print(f"raygan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raygan: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""The per-worker training loop: MLE pretraining, D pretraining, then adversarial training.
+
+It imports no Ray. Ray Train runs it on every worker (raygan.train) and a Tune trial runs it at
+world size 1 (raygan.tune); each passes a `WorkerContext` with its own reporting call, the
+checkpoint to resume from, and the function that wraps a model for data parallelism.
+
+Determinism: every step reseeds its random streams from (seed, step, stream), and the data
+position is a batch counter, so a resumed run repeats exactly what the uninterrupted run would
+have done, and W workers drawing streams [W*r/W...] equal one process drawing all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raygan.checkpoint import load_checkpoint, save_checkpoint
+from raygan.config import Config
+from raygan.errors import RayganError
+from raygan.gan import adversarial_step, d_step, gumbel_beta, mle_step
+from raygan.models import Discriminator, Generator, RowStreams, unwrap
+
+PHASES = ("mle", "d_pretrain", "adversarial")
+
+
+@dataclasses.dataclass
+class WorkerContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    report: Callable[[dict[str, Any], str | None], None] = lambda metrics, checkpoint: None
+    """Called on every rank at each checkpoint; rank 0 passes the checkpoint directory."""
+    restore_dir: str | None = None
+    """Checkpoint to resume from (None: a fresh start)."""
+    prepare_model: Callable[[nn.Module], nn.Module] = lambda model: model
+    """Moves a model to the device and wraps it for data parallelism."""
+    node_id: str = "local"
+    """Where this worker runs (the summary lists every worker's node)."""
+
+
+def _mix(*words: int) -> int:
+    """A well-spread 63-bit seed from integers (seed, step, stream, ...)."""
+    return int(np.random.SeedSequence(list(words)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def phase_of(step: int, cfg: Config) -> tuple[str, int, int]:
+    """(phase, first step of the phase, steps in the phase) for a global step."""
+    start = 0
+    sizes = (cfg.schedule.mle_steps, cfg.schedule.d_pretrain_steps, cfg.schedule.adv_steps)
+    for name, size in zip(PHASES, sizes, strict=True):
+        if step < start + size:
+            return name, start, size
+        start += size
+    return "done", start, 0
+
+
+class BatchStream:
+    """This rank's real batches as an endless iterator over epochs; `consumed` is the data position."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int,
+        consumed: int = 0,
+        device: torch.device | None = None,
+    ):
+        from raygan.data import RankBatches
+
+        self._batches = RankBatches(
+            data_dir, batch_size_per_rank=batch_size, rank=rank, world_size=world_size, seed=seed
+        )
+        self.steps_per_epoch = self._batches.steps_per_epoch
+        self.consumed, self.device, self._iter, self._epoch = consumed, device, None, -1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, position = divmod(self.consumed, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._iter, self._epoch = self._batches.iter_epoch(epoch, position), epoch
+        tokens_BT, lengths_B = next(self._iter)
+        self.consumed += 1
+        return tokens_BT.to(self.device), lengths_B.to(self.device)
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Ends the current phase when `monitor` stalls for `patience` evaluations, when held-out NLL
+    rises while training NLL falls for `patience` evaluations, or when G's loss is under a threshold."""
+
+    monitor: str
+    patience: int
+    threshold: float
+    best: float = math.inf
+    stalled: int = 0
+    diverging: int = 0
+    last: dict = dataclasses.field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.best, self.stalled, self.diverging, self.last = math.inf, 0, 0, {}
+
+    def update(self, metrics: dict[str, float], phase: str) -> str | None:
+        if self.monitor == "g_loss":
+            loss = metrics.get("g_loss")
+            if phase == "adversarial" and loss is not None and loss < self.threshold:
+                return f"g_loss {loss:.4f} fell under the threshold {self.threshold}"
+            return None
+        if not self.patience or "nll_test" not in metrics:
+            return None
+        test, train = metrics["nll_test"], metrics.get("nll_train")
+        if test < self.best - 1e-4:
+            self.best, self.stalled = test, 0
+        else:
+            self.stalled += 1
+        if self.last and train is not None:
+            rising = test > self.last["nll_test"] and train < self.last["nll_train"]
+            self.diverging = self.diverging + 1 if rising else 0
+        self.last = {"nll_test": test, "nll_train": train}
+        if self.stalled >= self.patience:
+            return (
+                f"nll_test has not improved for {self.patience} evaluations (best {self.best:.4f})"
+            )
+        if self.diverging >= self.patience:
+            return f"overfitting: held-out NLL rose while training NLL fell for {self.patience} evaluations"
+        return None
+
+    def state(self) -> dict:
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("monitor", "patience", "threshold")
+        }
+
+
+class Evaluator:
+    """Held-out metrics on rank 0: NLL_test, NLL on a training subset, NLL_oracle (oracle data),
+    BLEU-4 / Self-BLEU-4 (text), and a few decoded samples."""
+
+    def __init__(self, data_dir: str, cfg: Config, device: torch.device):
+        from raygan.data import load_codec, load_manifest, load_oracle, read_split
+
+        self.cfg, self.device = cfg, device
+        n = cfg.schedule.eval_samples
+        test_NT, test_len_N = read_split(data_dir, "test")
+        train_NT, train_len_N = read_split(data_dir, "train")
+        self.test = (test_NT[:n], test_len_N[:n])
+        self.train = (train_NT[:n], train_len_N[:n])
+        manifest = load_manifest(data_dir)
+        self.oracle = load_oracle(data_dir) if manifest["kind"] == "oracle" else None
+        self.codec = load_codec(data_dir)
+        self.references = None
+        if self.oracle is None:
+            from raygan.bleu import BleuReference
+
+            self.references = BleuReference(_trim(test_NT, test_len_N, cfg.model.eos_id), max_n=4)
+
+    def __call__(self, gen: nn.Module, seed: int) -> dict[str, Any]:
+        from raygan.metrics import mean_token_nll, sample_tokens
+
+        out: dict[str, Any] = {
+            "nll_test": mean_token_nll(gen, *self.test),
+            "nll_train": mean_token_nll(gen, *self.train),
+        }
+        samples = sample_tokens(gen, self.cfg.schedule.eval_samples, seed=seed)
+        if self.oracle is not None:
+            out["nll_oracle"] = mean_token_nll(self.oracle, samples.tokens_BT)
+        else:
+            from raygan.bleu import self_bleu
+
+            hyps = _trim(samples.tokens_BT, samples.lengths_B, self.cfg.model.eos_id)
+            out["bleu4"] = self.references.bleu(hyps, 4)
+            out["self_bleu4"] = self_bleu(hyps, 4) if len(hyps) > 1 else 0.0
+        out["samples"] = [self.codec.decode(row.tolist()) for row in samples.tokens_BT[:5]]
+        return out
+
+
+def _trim(tokens_NT: torch.Tensor, lengths_N: torch.Tensor, eos_id: int | None) -> list[list[int]]:
+    """Token lists without EOS and padding, as BLEU compares them."""
+    rows = [row[: int(n)] for row, n in zip(tokens_NT.tolist(), lengths_N.tolist(), strict=True)]
+    return [row[:-1] if eos_id is not None and row and row[-1] == eos_id else row for row in rows]
+
+
+class TensorBoard:
+    """tensorboardX on rank 0; a no-op elsewhere. Events past a resumed step are purged."""
+
+    def __init__(self, run_dir: str | None, rank: int, start_step: int):
+        self.writer = None
+        if rank == 0 and run_dir:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step or None)
+
+    def scalars(self, stats: dict[str, Any], step: int, prefix: str) -> None:
+        if self.writer is None:
+            return
+        for key, value in stats.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _seed_step(cfg: Config, step: int, rank: int, world: int) -> RowStreams:
+    """Reseed this step's randomness: the global RNG (dropout) per rank, and sampling streams
+    per slice of the global batch, so the numbers depend on (seed, step) and not on history."""
+    seed = cfg.schedule.seed
+    torch.manual_seed(_mix(seed, step, 1_000_003 + rank))
+    streams = cfg.trainer.rng_streams or world
+    if streams % world:
+        raise RayganError(f"rng_streams={streams} must be a multiple of num_workers={world}")
+    mine = range(rank * streams // world, (rank + 1) * streams // world)
+    return RowStreams([torch.Generator().manual_seed(_mix(seed, step, s)) for s in mine])
+
+
+def _autocast(cfg: Config, device: torch.device):
+    if cfg.trainer.bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_models(cfg: Config):
+    torch.manual_seed(cfg.schedule.seed)  # every rank starts from the same weights
+    gen, disc = Generator(cfg.model), Discriminator(cfg.model)
+    betas = (cfg.gan.adam_beta1, 0.999)
+    opt_mle = torch.optim.Adam(gen.parameters(), lr=cfg.gan.mle_lr, betas=betas)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.gan.g_lr, betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan.d_lr, betas=betas)
+    return gen, disc, opt_mle, opt_g, opt_d
+
+
+def _init_from(path: str, cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
+    state, other, _ = load_checkpoint(path)
+    for field in ("vocab_size", "max_len"):
+        mine, theirs = getattr(cfg.model, field), getattr(other.model, field)
+        if mine != theirs:
+            raise RayganError(
+                f"init_from checkpoint {path} has {field}={theirs}, but the data's manifest has {field}={mine}"
+            )
+    gen.load_state_dict(state["generator"])
+    with contextlib.suppress(RuntimeError, KeyError):  # D may differ in size: then it starts fresh
+        disc.load_state_dict(state["discriminator"])
+
+
+def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+    """Train from `run` = {"config": dict, "data_dir": str, "run_dir": str | None}; returns a summary."""
+    cfg = Config.from_dict(run["config"])
+    data_dir, run_dir = run["data_dir"], run.get("run_dir")
+    rank, world, device = ctx.rank, ctx.world_size, ctx.device
+    if cfg.schedule.batch_size % world:
+        raise RayganError(
+            f"batch_size={cfg.schedule.batch_size} must be divisible by num_workers={world}"
+        )
+    if cfg.trainer.bf16 and device.type != "cuda":
+        warnings.warn("bf16=True is ignored on CPU", stacklevel=1)
+
+    gen, disc, opt_mle, opt_g, opt_d = build_models(cfg)
+    step, consumed, baseline_T = 0, 0, None
+    stopper = EarlyStopping(cfg.trainer.monitor, cfg.trainer.patience, cfg.trainer.g_loss_threshold)
+    history: list[dict] = []
+    if ctx.restore_dir:
+        state, _, _ = load_checkpoint(ctx.restore_dir)
+        gen.load_state_dict(state["generator"])
+        disc.load_state_dict(state["discriminator"])
+        for opt, key in ((opt_mle, "opt_mle"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            opt.load_state_dict(state[key])
+        step, consumed, baseline_T = state["step"], state["batches_consumed"], state["baseline_T"]
+        for key, value in state["early_stopping"].items():
+            setattr(stopper, key, value)
+        history = json.loads(state["history"])
+    elif cfg.trainer.init_from:
+        _init_from(cfg.trainer.init_from, cfg, gen, disc)
+    if cfg.gan.estimator == "dense" and baseline_T is None:
+        baseline_T = torch.zeros(cfg.model.max_len)
+    baseline_T = None if baseline_T is None else baseline_T.to(device)
+
+    gen, disc = ctx.prepare_model(gen.to(device)), ctx.prepare_model(disc.to(device))
+    per_rank = cfg.schedule.batch_size // world
+    batches = BatchStream(data_dir, rank=rank, world_size=world, batch_size=per_rank,
+                          seed=cfg.schedule.seed, consumed=consumed, device=device)  # fmt: skip
+    evaluator = Evaluator(data_dir, cfg, device) if rank == 0 else None
+    board = TensorBoard(run_dir, rank, step)
+    reduce_mean = _all_reduce_mean if world > 1 else None
+    worker_nodes = _all_gather(ctx.node_id, world)
+    total, started, last_metrics = cfg.schedule.total_steps, time.perf_counter(), {}
+    stop_reason: str | None = None
+
+    while step < total:
+        phase, phase_start, phase_size = phase_of(step, cfg)
+        rng = _seed_step(cfg, step, rank, world)
+        with _autocast(cfg, device):
+            if phase == "mle":
+                stats = mle_step(
+                    gen, opt_mle, *next(batches), lr=cfg.gan.mle_lr, grad_clip=cfg.gan.grad_clip
+                )
+            elif phase == "d_pretrain":
+                stats = d_step(
+                    gen, disc, opt_d, *next(batches), cfg=cfg.gan, lr=cfg.gan.d_lr, generator=rng
+                )
+            else:
+                beta = gumbel_beta(
+                    step - phase_start,
+                    phase_size,
+                    cfg.gan.gumbel_max_temperature,
+                    cfg.gan.gumbel_anneal,
+                )
+                stats = adversarial_step(
+                    gen, disc, opt_g, opt_d, batches, cfg=cfg.gan, g_lr=cfg.gan.g_lr, d_lr=cfg.gan.d_lr,
+                    d_steps=cfg.gan.d_steps, beta=beta, generator=rng, baseline_T=baseline_T,
+                    reduce_mean=reduce_mean,
+                )  # fmt: skip
+        step += 1
+        board.scalars(stats, step, phase)
+        _maybe_fail(cfg, step, rank, world, run_dir)
+
+        phase_ends = phase_of(step, cfg)[0] != phase
+        if step % cfg.schedule.eval_every == 0 or phase_ends or step == total:
+            last_metrics, reason = _evaluate(
+                evaluator, gen, cfg, step, phase, stats, stopper, board
+            )
+            history.append({k: v for k, v in last_metrics.items() if k != "samples"})
+            if _broadcast_flag(reason is not None):
+                stop_reason = reason or "early stop on rank 0"
+                step = phase_start + phase_size  # the phase ends here
+                board.text("early_stopping", f"step {step}: {stop_reason}", step)
+                history[-1]["early_stop"] = stop_reason
+                stopper.reset()
+        if step % cfg.trainer.checkpoint_every == 0 or step >= total or stop_reason:
+            state = {
+                "step": step, "batches_consumed": batches.consumed,
+                "generator": unwrap(gen).state_dict(), "discriminator": unwrap(disc).state_dict(),
+                "opt_mle": opt_mle.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "baseline_T": None if baseline_T is None else baseline_T.cpu(),
+                "early_stopping": stopper.state(), "history": json.dumps(history),
+            }  # fmt: skip
+            _checkpoint_and_report(ctx, cfg, state, last_metrics, step, phase, data_dir)
+            stop_reason = None
+    board.close()
+    return {
+        "steps": step,
+        "wall_s": time.perf_counter() - started,
+        "final_metrics": {k: v for k, v in last_metrics.items() if k != "samples"},
+        "early_stops": [h for h in history if "early_stop" in h],
+        "history": history,
+        "worker_nodes": worker_nodes,
+    }
+
+
+def _evaluate(evaluator, gen, cfg, step, phase, stats, stopper, board):
+    if evaluator is None:  # not rank 0: the decision comes by broadcast
+        return {}, None
+    metrics = {"step": step, "phase": phase, **evaluator(gen, seed=cfg.schedule.seed + 7)}
+    metrics.update({k: v for k, v in stats.items() if k in ("g_loss", "d_loss", "mle_loss")})
+    board.scalars({k: v for k, v in metrics.items() if k != "step"}, step, "eval")
+    board.text("samples", "\n\n".join(metrics["samples"]), step)
+    return metrics, stopper.update(metrics, phase)
+
+
+def _checkpoint_and_report(ctx, cfg, state, metrics, step, phase, data_dir) -> None:
+    reported = {k: v for k, v in metrics.items() if k != "samples"}
+    reported.update({"step": step, "phase": phase})
+    if ctx.rank != 0:
+        ctx.report(reported, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="raygan-ckpt-") as tmp:
+        directory = save_checkpoint(
+            Path(tmp) / "checkpoint", state=state, config=cfg,
+            meta={"step": step, "phase": phase, "metrics": reported, "data_dir": str(data_dir)},
+            data_dir=data_dir,
+        )  # fmt: skip
+        ctx.report(dict(reported), str(directory))
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _all_gather(value: Any, world: int) -> list[Any]:
+    if world == 1 or not dist.is_initialized():
+        return [value]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def _maybe_fail(cfg: Config, step: int, rank: int, world: int, run_dir: str | None) -> None:
+    """Test hook for failure recovery: the last worker dies hard, once per run directory."""
+    if cfg.trainer.fail_at_step != step or rank != world - 1 or not run_dir:
+        return
+    marker = Path(run_dir) / ".fail_at_step_fired"
+    if marker.exists():
+        return
+    marker.write_text(str(step))
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,193 @@
+"""`raygan train`: the per-worker loop under Ray Train (Train V2), DDP on G and D.
+
+    raygan prepare --oracle random --num-samples 10000 --out data/
+    raygan train --data data/ --out runs/a num_workers=2 estimator=rollout d_steps=3
+    raygan train --data data/ --out runs/a           # the same command again resumes
+
+RUN_DIR layout: run.json (resolved config and data), ray/ (Ray Train's checkpoints), tb/
+(TensorBoard), final/ (the last checkpoint, exported atomically), summary.json. This is the only
+module that calls ray.train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from raygan.checkpoint import copy_checkpoint, load_checkpoint
+from raygan.config import Config
+from raygan.errors import RayganError
+
+RUN_NAME = "raygan"
+RESUME_TOLERANT_KEYS = {"trainer.fail_at_step", "trainer.max_failures"}
+
+
+def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
+    """Entry point on each Ray Train worker."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from raygan.loop import WorkerContext, train_loop
+
+    context = ray.train.get_context()
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(dict(metrics), checkpoint=checkpoint)  # [2] report (+ checkpoint)
+
+    checkpoint = ray.train.get_checkpoint()  # [1] resume from the newest checkpoint, if any
+    with checkpoint.as_directory() if checkpoint else _null() as restore_dir:
+        ctx = WorkerContext(
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            device=ray.train.torch.get_device()
+            if torch.cuda.is_available()
+            else torch.device("cpu"),
+            report=report,
+            restore_dir=restore_dir,
+            prepare_model=ray.train.torch.prepare_model,  # [3] DDP across workers
+            node_id=ray.get_runtime_context().get_node_id(),
+        )
+        return train_loop(run, ctx)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def resolve_config(data_dir: str, overrides: dict[str, Any]) -> Config:
+    """Defaults <- YAML/key=value overrides <- the data manifest (vocab, max_len, special ids)."""
+    from raygan.config import apply_overrides, flatten, resolve_key
+    from raygan.data import load_manifest, model_config_kwargs
+
+    config = apply_overrides(Config(), overrides)
+    from_data = model_config_kwargs(load_manifest(data_dir))
+    for key, asked in flatten(overrides).items():
+        section, name = resolve_key(key)
+        if section == "model" and name in from_data and str(asked) != str(from_data[name]):
+            raise RayganError(
+                f"model.{name}={asked} contradicts the data manifest in {data_dir} "
+                f"({name}={from_data[name]})"
+            )
+    return apply_overrides(config, {f"model.{k}": v for k, v in from_data.items()})
+
+
+def _check_run_dir(run_dir: Path, run: dict, fresh: bool) -> None:
+    """A RUN_DIR holding another configuration is refused unless `fresh` clears it."""
+    saved_path = run_dir / "run.json"
+    if not saved_path.exists():
+        return
+    if fresh:
+        for name in ("ray", "tb", "final", "summary.json", "run.json", ".fail_at_step_fired"):
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        return
+    saved = json.loads(saved_path.read_text())
+    diffs = _diff(saved["config"], run["config"]) - RESUME_TOLERANT_KEYS
+    if saved["data_dir"] != run["data_dir"]:
+        diffs.add(f"data ({saved['data_dir']} -> {run['data_dir']})")
+    if diffs:
+        raise RayganError(
+            f"{run_dir} holds a run with a different configuration ({', '.join(sorted(diffs))}); "
+            "use the same settings to resume, another --out, or --fresh to start over"
+        )
+
+
+def _diff(a: dict, b: dict) -> set[str]:
+    return {
+        f"{section}.{key}"
+        for section in a.keys() | b.keys()
+        for key in a.get(section, {}).keys() | b.get(section, {}).keys()
+        if a.get(section, {}).get(key) != b.get(section, {}).get(key)
+    }
+
+
+def check_placement(cfg: Config) -> None:
+    """Fail within seconds when the cluster cannot place the workers, instead of pending forever."""
+    import ray
+
+    t = cfg.trainer
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    if t.use_gpu and gpus < t.num_workers:
+        raise RayganError(
+            f"use_gpu=true needs {t.num_workers} GPUs (one per worker); the cluster has {gpus:g}"
+        )
+    need = t.num_workers * t.cpus_per_worker
+    if need > cpus:
+        raise RayganError(
+            f"num_workers={t.num_workers} x cpus_per_worker={t.cpus_per_worker:g} needs {need:g} CPUs; "
+            f"the cluster has {cpus:g}"
+        )
+    if not any(n["Resources"].get("CPU", 0) >= t.cpus_per_worker for n in nodes):
+        raise RayganError(
+            f"no node has cpus_per_worker={t.cpus_per_worker:g} CPUs free to place a worker"
+        )
+
+
+def fit(
+    data_dir: str,
+    run_dir: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    fresh: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Train (or resume) into `run_dir`; returns the run summary."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raygan.data import verify
+    from raygan.ray_env import ensure_ray
+
+    data_dir, run_path = os.path.abspath(data_dir), Path(run_dir).resolve()
+    verify(data_dir)
+    config = resolve_config(data_dir, overrides or {})
+    run = {"config": config.to_dict(), "data_dir": data_dir, "run_dir": str(run_path)}
+    _check_run_dir(run_path, run, fresh)
+    run_path.mkdir(parents=True, exist_ok=True)
+    log("resolved config:\n" + json.dumps(config.to_dict(), indent=2))
+    (run_path / "run.json").write_text(json.dumps(run, indent=2))
+
+    ensure_ray()
+    check_placement(config)
+    t = config.trainer
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=run,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker},
+        ),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME,
+            storage_path=str(run_path / "ray"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    summary = dict(result.return_value or {})
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as directory:
+            copy_checkpoint(directory, run_path / "final")
+        summary["final_checkpoint"] = str(run_path / "final")
+        _, _, meta = load_checkpoint(run_path / "final")
+        summary["final_step"] = meta["step"]
+    (run_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

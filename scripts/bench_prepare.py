@@ -1,0 +1,219 @@
+"""Benchmark `raygan prepare` (throughput, flat memory) and the RankBatches read path.
+
+    python scripts/bench_prepare.py --sizes-mb 30 300 --out bench_out/prepare.json
+
+For each size: write a text file of random sentences from a seeded vocabulary (in a temporary
+directory, deleted afterwards), run prepare_text with the word tokenizer in a fresh child process,
+and record wall time, lines/s, MB/s and peak RSS (getrusage, plus a thread sampling VmRSS every
+50 ms). Flat memory means the peak RSS ratio between sizes stays near 1 while the input grows.
+Then, in another child, time RankBatches: loading the train split and producing batches (rows/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+PUNCTUATION = (".", ",", "?", "!", ";")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(path: Path, megabytes: float, *, vocab_words: int, seed: int) -> int:
+    """Random sentences (5-25 Zipf-distributed words, some punctuation); returns the line count."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["".join(rng.choice(letters, rng.integers(2, 10))) for _ in range(vocab_words)]
+    vocab[:3] = ["don't", "it's", "(maybe)"]  # a few words the nltk rules split
+    target, written, lines = int(megabytes * 1e6), 0, 0
+    with path.open("w", encoding="utf-8") as f:
+        while written < target:
+            lengths = rng.integers(5, 26, size=10_000)
+            words = (rng.zipf(1.3, size=lengths.sum()) - 1) % vocab_words
+            ends = rng.choice(PUNCTUATION, size=len(lengths), p=[0.7, 0.1, 0.1, 0.05, 0.05])
+            block, start = [], 0
+            for n, end in zip(lengths, ends, strict=True):
+                block.append(" ".join(vocab[w] for w in words[start : start + n]) + end + "\n")
+                start += n
+            text = "".join(block)
+            f.write(text)
+            written += len(text.encode())
+            lines += len(block)
+    return lines
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's VmRSS every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.interval, self.samples_mb, self._done = interval, [], threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.samples_mb.append(int(line.split()[1]) / 1024)
+            self._done.wait(self.interval)
+
+    def stop(self) -> dict:
+        self._done.set()
+        self.join()
+        samples = np.array(self.samples_mb or [0.0])
+        half = len(samples) // 2
+        return {
+            "rss_peak_sampled_mb": round(float(samples.max()), 1),
+            "rss_median_first_half_mb": round(float(np.median(samples[: max(half, 1)])), 1),
+            "rss_median_second_half_mb": round(float(np.median(samples[half:])), 1),
+            "rss_samples": len(samples),
+        }
+
+
+def child_prepare(corpus: str, out: str) -> dict:
+    from raygan.data import prepare_text
+
+    sampler = RssSampler()
+    sampler.start()
+    started = time.perf_counter()
+    summary = prepare_text([corpus], out, tokenizer="word", max_len=32, progress=False)
+    seconds = time.perf_counter() - started
+    result = sampler.stop()
+    counts = summary.splits["train"]
+    megabytes = Path(corpus).stat().st_size / 1e6
+    result.update(
+        seconds=round(seconds, 2),
+        lines=counts.lines_read,
+        kept=counts.kept,
+        lines_per_s=round(counts.lines_read / seconds),
+        mb_per_s=round(megabytes / seconds, 2),
+        vocab_size=summary.vocab_size,
+        rss_peak_getrusage_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
+    return result
+
+
+def child_read(out: str, batch: int, world_size: int, max_batches: int) -> dict:
+    from raygan.data import RankBatches
+
+    started = time.perf_counter()
+    batches = RankBatches(out, batch_size_per_rank=batch, world_size=world_size, seed=0)
+    load_s = time.perf_counter() - started
+    started, rows = time.perf_counter(), 0
+    for step, (tokens_BT, _) in enumerate(batches):
+        rows += tokens_BT.shape[0]
+        if step + 1 >= max_batches:
+            break
+    seconds = time.perf_counter() - started
+    return {
+        "rows_in_split": len(batches.rows),
+        "load_s": round(load_s, 2),
+        "batch_size_per_rank": batch,
+        "world_size": world_size,
+        "batches": step + 1,
+        "rows_per_s": round(rows / seconds),
+        "rss_peak_getrusage_mb": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
+    }
+
+
+def run_child(*args: str) -> dict:
+    """Run this script as a child (fresh process: its peak RSS is its own) and parse its JSON."""
+    cmd = [sys.executable, __file__, "--child", *args]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"child {' '.join(args[:1])} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    import platform
+
+    import pyarrow
+    import tokenizers
+
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "tokenizers": tokenizers.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| input MB | lines | wall s | lines/s | MB/s | peak RSS MB (getrusage) | peak RSS MB (sampled) "
+        "| RankBatches load s | RankBatches rows/s | read RSS MB |",
+        "|---" * 10 + "|",
+    ]
+    for r in results:
+        p, q = r["prepare"], r["read"]
+        rows.append(
+            f"| {r['input_mb']:.0f} | {p['lines']:,} | {p['seconds']:.1f} | {p['lines_per_s']:,} "
+            f"| {p['mb_per_s']:.2f} | {p['rss_peak_getrusage_mb']:.0f} "
+            f"| {p['rss_peak_sampled_mb']:.0f} | {q['load_s']:.2f} | {q['rows_per_s']:,} "
+            f"| {q['rss_peak_getrusage_mb']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[30, 300])
+    parser.add_argument("--out", default="bench_out/prepare.json")
+    parser.add_argument("--vocab-words", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=64, help="RankBatches batch per rank")
+    parser.add_argument("--max-batches", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        result = (
+            child_prepare(*rest)
+            if kind == "prepare"
+            else child_read(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+        )
+        print(json.dumps(result))
+        return
+
+    results = []
+    for megabytes in args.sizes_mb:
+        with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
+            corpus = Path(tmp) / "corpus.txt"
+            started = time.perf_counter()
+            write_corpus(corpus, megabytes, vocab_words=args.vocab_words, seed=args.seed)
+            print(
+                f"wrote {megabytes:g} MB in {time.perf_counter() - started:.1f} s", file=sys.stderr
+            )
+            out = str(Path(tmp) / "prepared")
+            prepared = run_child("prepare", str(corpus), out)
+            read = run_child("read", out, str(args.batch), "1", str(args.max_batches))
+            results.append(
+                {"input_mb": corpus.stat().st_size / 1e6, "prepare": prepared, "read": read}
+            )
+            print(json.dumps(results[-1]), file=sys.stderr)
+    if len(results) > 1:
+        peaks = [r["prepare"]["rss_peak_getrusage_mb"] for r in results]
+        print(f"peak RSS ratio largest/smallest input: {peaks[-1] / peaks[0]:.2f}", file=sys.stderr)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The trainer: DDP against the single-process reference, exact resume, failure recovery, placement.
+
+Tests that start Ray share one 2-node cluster (conftest.ray_cluster); the rest run the per-worker
+loop in this process at world size 1, which is the reference the distributed runs must equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import pytest
+import torch
+
+from raygan.checkpoint import load_checkpoint
+from raygan.cli import main as cli_main
+from raygan.errors import RayganError
+from raygan.loop import WorkerContext, train_loop
+from raygan.train import fit, resolve_config
+from tests.conftest import TINY_TRAIN
+
+
+def _reference(data_dir: str, overrides: dict, restore_dir=None, stop_after=None, run_dir=None):
+    """Run the loop in this process (world size 1); returns {step: state} of every checkpoint."""
+    config = resolve_config(data_dir, overrides)
+    states: dict[int, dict] = {}
+
+    def report(metrics, checkpoint_dir):
+        state, _, _ = load_checkpoint(checkpoint_dir)
+        states[metrics["step"]] = state
+        if stop_after is not None and metrics["step"] >= stop_after:
+            raise _Stop(checkpoint_dir)
+
+    run = {"config": config.to_dict(), "data_dir": data_dir, "run_dir": run_dir}
+    with contextlib.suppress(_Stop):
+        train_loop(run, WorkerContext(report=report, restore_dir=restore_dir))
+    return states
+
+
+class _Stop(Exception):
+    pass
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    for net in ("generator", "discriminator"):
+        for name, tensor in a[net].items():
+            torch.testing.assert_close(tensor, b[net][name], atol=atol, rtol=0, msg=f"{net}.{name}")
+
+
+@pytest.fixture(scope="module")
+def gumbel_run(ray_cluster, oracle_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("gumbel") / "run"
+    summary = fit(
+        oracle_data, str(run_dir), {**TINY_TRAIN, "estimator": "gumbel"}, log=lambda *_: None
+    )
+    return run_dir, summary
+
+
+def test_ddp_gumbel_equals_one_process(gumbel_run, oracle_data):
+    run_dir, summary = gumbel_run
+    total = TINY_TRAIN["mle_steps"] + TINY_TRAIN["d_pretrain_steps"] + TINY_TRAIN["adv_steps"]
+    assert summary["final_step"] == total
+    reference = _reference(oracle_data, {**TINY_TRAIN, "estimator": "gumbel"})[total]
+    distributed, _, _ = load_checkpoint(run_dir / "final")
+    _assert_same_weights(distributed, reference, atol=1e-5)
+    # the weights moved: equality is not two untrained copies
+    initial = _reference(oracle_data, {**TINY_TRAIN, "mle_steps": 0, "d_pretrain_steps": 0,
+                                       "adv_steps": 0, "estimator": "gumbel"})  # fmt: skip
+    assert not initial  # a zero-step run reports nothing
+    assert (run_dir / "tb").is_dir() and any((run_dir / "tb").iterdir())
+
+
+def test_workers_land_on_two_nodes(gumbel_run):
+    _, summary = gumbel_run
+    assert len(summary["worker_nodes"]) == 2
+    assert len(set(summary["worker_nodes"])) == 2
+
+
+def test_ddp_dense_reinforce_equals_one_process(ray_cluster, oracle_data, tmp_path):
+    overrides = {**TINY_TRAIN, "estimator": "dense"}
+    summary = fit(oracle_data, str(tmp_path / "run"), overrides, log=lambda *_: None)
+    reference = _reference(oracle_data, overrides)[summary["final_step"]]
+    distributed, _, _ = load_checkpoint(tmp_path / "run" / "final")
+    _assert_same_weights(distributed, reference, atol=1e-5)
+    torch.testing.assert_close(
+        distributed["baseline_T"], reference["baseline_T"], atol=1e-5, rtol=0
+    )
+
+
+def test_killed_worker_resumes_from_checkpoint(ray_cluster, oracle_data, tmp_path):
+    """A worker SIGKILLed at step 5 (the last checkpoint was step 3): the group restarts from it and
+    ends with the exact step count and the same weights as an uninterrupted run."""
+    overrides = {**TINY_TRAIN, "estimator": "rollout", "fail_at_step": 5, "max_failures": 2}
+    run_dir = tmp_path / "run"
+    summary = fit(oracle_data, str(run_dir), overrides, log=lambda *_: None)
+    assert (run_dir / ".fail_at_step_fired").read_text() == "5"
+    total = TINY_TRAIN["mle_steps"] + TINY_TRAIN["d_pretrain_steps"] + TINY_TRAIN["adv_steps"]
+    assert summary["final_step"] == total
+    final, _, meta = load_checkpoint(run_dir / "final")
+    assert meta["step"] == total
+    reference = _reference(oracle_data, {**overrides, "fail_at_step": -1})[total]
+    _assert_same_weights(final, reference, atol=1e-5)
+
+    # the same command on the same RUN_DIR resumes at the end: nothing is trained again
+    again = fit(oracle_data, str(run_dir), overrides, log=lambda *_: None)
+    assert again["final_step"] == total
+
+    # the final checkpoint serves `raygan sample`
+    assert cli_main(["sample", "--checkpoint", str(run_dir), "-n", "3", "--seed", "1"]) == 0
+
+
+def test_too_many_workers_fail_within_seconds(ray_cluster, oracle_data, tmp_path, capsys):
+    started = time.monotonic()
+    code = cli_main(["train", "--data", oracle_data, "--out", str(tmp_path / "r"), "num_workers=3"])
+    assert code == 2
+    assert time.monotonic() - started < 30
+    assert (
+        "num_workers=3 x cpus_per_worker=1 needs 3 CPUs; the cluster has 2"
+        in capsys.readouterr().err
+    )
+
+
+def test_use_gpu_without_gpu_is_a_clear_error(ray_cluster, oracle_data, tmp_path, capsys):
+    code = cli_main(["train", "--data", oracle_data, "--out", str(tmp_path / "r"), "use_gpu=true"])
+    assert code == 2
+    assert (
+        "use_gpu=true needs 2 GPUs (one per worker); the cluster has 0" in capsys.readouterr().err
+    )
+
+
+# -- in-process: no Ray -------------------------------------------------------------------------
+def test_resume_is_exact(oracle_data, tmp_path):
+    overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout", "d_dropout": 0.25,
+                 "checkpoint_every": 4}  # fmt: skip
+    total = TINY_TRAIN["mle_steps"] + TINY_TRAIN["d_pretrain_steps"] + TINY_TRAIN["adv_steps"]
+    straight = _reference(oracle_data, overrides)[total]
+    stopped: list[str] = []
+    config = resolve_config(oracle_data, overrides)
+
+    def stop_at_first(metrics, checkpoint_dir):
+        import shutil
+
+        keep = tmp_path / "ckpt"
+        shutil.copytree(checkpoint_dir, keep)
+        stopped.append(str(keep))
+        raise _Stop(checkpoint_dir)
+
+    run = {"config": config.to_dict(), "data_dir": oracle_data, "run_dir": None}
+    with pytest.raises(_Stop):
+        train_loop(run, WorkerContext(report=stop_at_first))
+    first_half, _, meta = load_checkpoint(stopped[0])
+    assert meta["step"] == 4
+    resumed = _reference(oracle_data, overrides, restore_dir=stopped[0])[total]
+    _assert_same_weights(resumed, straight, atol=0)
+    assert not torch.equal(
+        first_half["generator"]["head.weight"], straight["generator"]["head.weight"]
+    )
+
+
+def test_run_dir_with_another_config_is_refused(ray_cluster, oracle_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = resolve_config(oracle_data, TINY_TRAIN)
+    (run_dir / "run.json").write_text(
+        json.dumps({"config": config.to_dict(), "data_dir": oracle_data, "run_dir": str(run_dir)})
+    )
+    args = ["train", "--data", oracle_data, "--out", str(run_dir)]
+    args += [f"{k}={v}" for k, v in {**TINY_TRAIN, "d_steps": 3}.items()]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with a different configuration (gan.d_steps)" in err
+    assert "--fresh" in err
+
+
+def test_unknown_config_key_names_close_keys(oracle_data, tmp_path, capsys):
+    code = cli_main(["train", "--data", oracle_data, "--out", str(tmp_path / "r"), "dsteps=3"])
+    assert code == 2
+    assert "unknown config key 'dsteps'; did you mean d_steps" in capsys.readouterr().err
+
+
+def test_manifest_values_cannot_be_contradicted(oracle_data):
+    with pytest.raises(
+        RayganError, match=r"model.vocab_size=99 contradicts the data manifest .*vocab_size=30"
+    ):
+        resolve_config(oracle_data, {"vocab_size": 99})
+
+
+def test_init_from_checkpoint_with_other_vocab_is_refused(oracle_data, tmp_path):
+    from raygan.data import prepare_oracle
+
+    other = tmp_path / "other"
+    prepare_oracle(str(other), oracle="random", num_samples=64, num_test=16, vocab_size=40,
+                   max_len=8, seed=1, progress=False)  # fmt: skip
+    states = _reference(str(other), {**TINY_TRAIN, "num_workers": 1, "mle_steps": 3,
+                                     "d_pretrain_steps": 0, "adv_steps": 0})  # fmt: skip
+    assert states
+    from raygan.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", state=states[3], config=resolve_config(str(other), TINY_TRAIN),
+                    meta={"step": 3}, data_dir=str(other))  # fmt: skip
+    with pytest.raises(
+        RayganError, match="has vocab_size=40, but the data's manifest has vocab_size=30"
+    ):
+        _reference(
+            oracle_data, {**TINY_TRAIN, "num_workers": 1, "init_from": str(tmp_path / "ckpt")}
+        )
