@@ -136,12 +136,12 @@ class EarlyStopping:
             rising = test > self.last["nll_test"] and train < self.last["nll_train"]
             self.diverging = self.diverging + 1 if rising else 0
         self.last = {"nll_test": test, "nll_train": train}
+        if self.diverging >= self.patience:  # the more specific diagnosis of a stall
+            return f"overfitting: held-out NLL rose while training NLL fell for {self.patience} evaluations"
         if self.stalled >= self.patience:
             return (
                 f"nll_test has not improved for {self.patience} evaluations (best {self.best:.4f})"
             )
-        if self.diverging >= self.patience:
-            return f"overfitting: held-out NLL rose while training NLL fell for {self.patience} evaluations"
         return None
 
     def state(self) -> dict:

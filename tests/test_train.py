@@ -205,3 +205,45 @@ def test_init_from_checkpoint_with_other_vocab_is_refused(oracle_data, tmp_path)
         _reference(
             oracle_data, {**TINY_TRAIN, "num_workers": 1, "init_from": str(tmp_path / "ckpt")}
         )
+
+
+def test_early_stopping_rules():
+    from raygan.loop import EarlyStopping
+
+    stall = EarlyStopping("nll_test", patience=2, threshold=0.0)
+    assert stall.update({"nll_test": 5.0, "nll_train": 5.0}, "mle") is None
+    assert stall.update({"nll_test": 4.0, "nll_train": 4.0}, "mle") is None
+    assert stall.update({"nll_test": 4.0, "nll_train": 4.0}, "mle") is None
+    assert "has not improved for 2 evaluations (best 4.0000)" in stall.update(
+        {"nll_test": 4.1, "nll_train": 4.0}, "mle"
+    )
+
+    overfit = EarlyStopping("nll_test", patience=2, threshold=0.0)
+    for test, train in ((5.0, 5.0), (4.0, 4.5), (4.1, 4.4)):  # one rise so far
+        assert overfit.update({"nll_test": test, "nll_train": train}, "mle") is None
+    assert "overfitting" in overfit.update({"nll_test": 4.2, "nll_train": 4.3}, "mle")
+    both_rise = EarlyStopping("nll_test", patience=2, threshold=0.0)
+    for test, train in ((5.0, 5.0), (4.0, 4.5), (4.1, 4.6)):
+        assert both_rise.update({"nll_test": test, "nll_train": train}, "mle") is None
+    assert "has not improved" in both_rise.update({"nll_test": 4.2, "nll_train": 4.7}, "mle")
+
+    g_loss = EarlyStopping("g_loss", patience=0, threshold=0.5)
+    assert g_loss.update({"g_loss": 0.4}, "mle") is None  # only in the adversarial phase
+    assert "under the threshold 0.5" in g_loss.update({"g_loss": 0.4}, "adversarial")
+
+    off = EarlyStopping("nll_test", patience=0, threshold=0.0)
+    assert all(off.update({"nll_test": 9.0 + i, "nll_train": 1.0}, "mle") is None for i in range(5))
+
+
+def test_early_stop_ends_the_phase_and_is_recorded(oracle_data):
+    """With patience 1 and a tiny learning rate, MLE stalls: the loop jumps to the next phase and
+    the summary records the reason and step."""
+    overrides = {**TINY_TRAIN, "num_workers": 1, "mle_steps": 40, "eval_every": 4, "patience": 1,
+                 "mle_lr": 1e-9, "checkpoint_every": 100}  # fmt: skip
+    config = resolve_config(oracle_data, overrides)
+    run = {"config": config.to_dict(), "data_dir": oracle_data, "run_dir": None}
+    summary = train_loop(run, WorkerContext())
+    total = 40 + TINY_TRAIN["d_pretrain_steps"] + TINY_TRAIN["adv_steps"]
+    assert summary["steps"] == total
+    (stop,) = [h for h in summary["early_stops"] if h["phase"] == "mle"]
+    assert stop["step"] == 8 and "has not improved" in stop["early_stop"]
