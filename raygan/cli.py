@@ -27,47 +27,16 @@ def _add_evaluate(sub) -> None:
         description="MLE pretraining then gumbel/rollout/dense adversarial training on an oracle, "
         "printing NLL_oracle and NLL_test per phase and the wall time.",
     )
-    src = o.add_mutually_exclusive_group(required=True)
-    src.add_argument("--oracle-path", help="SeqGAN oracle .npz (target_params.npz)")
-    src.add_argument("--random-oracle", action="store_true", help="a seeded random oracle, no file")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--num-train", type=int, default=10_000, help="oracle samples to train on")
-    o.add_argument("--num-test", type=int, default=10_000, help="held-out oracle samples")
-    o.add_argument("--mle-epochs", type=int, default=80)
-    o.add_argument("--eval-every-epochs", type=int, default=10)
-    o.add_argument("--adv-steps", type=int, default=200, help="adversarial G steps per estimator")
-    o.add_argument("--d-pretrain-steps", type=int, default=100)
-    o.add_argument(
-        "--estimators", default="gumbel,rollout,dense", help="comma-separated: gumbel,rollout,dense"
-    )
-    o.add_argument("--eval-samples", type=int, default=10_000, help="samples for NLL_oracle")
+    from raygan.evaluate import add_oracle_arguments
+
+    add_oracle_arguments(o)
     o.add_argument("--out", help="write the results as JSON here")
 
 
 def _run_evaluate(args) -> int:
-    from raygan.evaluate import PRESETS, OracleBenchmark, run_oracle_benchmark, write_result
+    from raygan.evaluate import benchmark_from_args, run_oracle_benchmark, write_result
 
-    estimators = tuple(e for e in args.estimators.split(",") if e)
-    unknown = [e for e in estimators if e not in PRESETS]
-    if unknown:
-        raise RayganError(
-            f"--estimators: unknown {', '.join(unknown)}; valid: {', '.join(PRESETS)}"
-        )
-    for flag in ("num_train", "num_test", "eval_samples", "eval_every_epochs"):
-        if getattr(args, flag) <= 0:
-            raise RayganError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
-    bench = OracleBenchmark(
-        oracle_path=args.oracle_path,
-        seed=args.seed,
-        num_train=args.num_train,
-        num_test=args.num_test,
-        mle_epochs=args.mle_epochs,
-        eval_every_epochs=args.eval_every_epochs,
-        adv_steps=args.adv_steps,
-        d_pretrain_steps=args.d_pretrain_steps,
-        estimators=estimators,
-        eval_samples=args.eval_samples,
-    )
+    bench = benchmark_from_args(args)
     result = run_oracle_benchmark(bench)
     if args.out:
         write_result(result, args.out)

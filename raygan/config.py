@@ -35,6 +35,9 @@ class ModelConfig:
     """Generator LSTM layers."""
     z_dim: int = 0
     """Latent code z ~ N(0, I) per sequence, fed at every step; 0 turns it off."""
+    g_init_std: float = 0.1
+    """Every G parameter starts ~ N(0, g_init_std^2) as in SeqGAN; 0 keeps PyTorch's defaults
+    (which pretrain markedly slower on the SeqGAN oracle: BENCHMARKS.md)."""
     d_embed_dim: int = 64
     """Discriminator embedding width."""
     d_hidden_dim: int = 64
@@ -55,8 +58,10 @@ class ModelConfig:
             _check_positive(self, name)
         for name in ("d_embed_dim", "d_hidden_dim", "d_layers"):
             _check_positive(self, name)
-        if self.z_dim < 0:
-            raise RayganError(f"z_dim must be >= 0, got {self.z_dim}")
+        if self.z_dim < 0 or self.g_init_std < 0:
+            raise RayganError(
+                f"z_dim and g_init_std must be >= 0, got {self.z_dim} and {self.g_init_std}"
+            )
         if not 0.0 <= self.d_dropout < 1.0:
             raise RayganError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
         if (self.eos_id is None) != (self.pad_id is None):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from raygan.config import GANConfig, ModelConfig
+from raygan.errors import RayganError
 from raygan.gan import adversarial_step, d_step, gumbel_beta, mle_step
 from raygan.metrics import nll_oracle, nll_test, sample_tokens
 from raygan.models import Discriminator, Generator, Oracle
@@ -57,6 +58,48 @@ class OracleBenchmark:
     estimators: tuple[str, ...] = ("gumbel", "rollout", "dense")
     eval_samples: int = 10_000
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+
+
+def add_oracle_arguments(parser, *, require_source: bool = True) -> None:
+    """The options of `raygan evaluate oracle` (also used by scripts/bench_quality.py)."""
+    src = parser.add_mutually_exclusive_group(required=require_source)
+    src.add_argument("--oracle-path", help="SeqGAN oracle .npz (target_params.npz)")
+    src.add_argument("--random-oracle", action="store_true", help="a seeded random oracle, no file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=10_000, help="oracle samples to train on")
+    parser.add_argument("--num-test", type=int, default=10_000, help="held-out oracle samples")
+    parser.add_argument("--mle-epochs", type=int, default=80)
+    parser.add_argument("--eval-every-epochs", type=int, default=10)
+    parser.add_argument(
+        "--adv-steps", type=int, default=200, help="adversarial G steps per estimator"
+    )
+    parser.add_argument("--d-pretrain-steps", type=int, default=100)
+    parser.add_argument("--estimators", default="gumbel,rollout,dense", help="comma-separated")
+    parser.add_argument("--eval-samples", type=int, default=10_000, help="samples for NLL_oracle")
+
+
+def benchmark_from_args(args) -> OracleBenchmark:
+    estimators = tuple(e for e in args.estimators.split(",") if e)
+    unknown = [e for e in estimators if e not in PRESETS]
+    if unknown:
+        raise RayganError(
+            f"--estimators: unknown {', '.join(unknown)}; valid: {', '.join(PRESETS)}"
+        )
+    for flag in ("num_train", "num_test", "eval_samples", "eval_every_epochs"):
+        if getattr(args, flag) <= 0:
+            raise RayganError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    return OracleBenchmark(
+        oracle_path=args.oracle_path,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        mle_epochs=args.mle_epochs,
+        eval_every_epochs=args.eval_every_epochs,
+        adv_steps=args.adv_steps,
+        d_pretrain_steps=args.d_pretrain_steps,
+        estimators=estimators,
+        eval_samples=args.eval_samples,
+    )
 
 
 def _batches(data_NT: torch.Tensor, batch_size: int, seed: int) -> Iterator[tuple]:

@@ -144,6 +144,10 @@ class Generator(nn.Module):
             cfg.g_embed_dim + cfg.z_dim, cfg.g_hidden_dim, num_layers=cfg.g_layers, batch_first=True
         )
         self.head = nn.Linear(cfg.g_hidden_dim, cfg.vocab_size)
+        if cfg.g_init_std > 0:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.normal_(0.0, cfg.g_init_std)
 
     # -- building blocks -------------------------------------------------------------------
     def draw_z(self, num: int, generator: Rng = None) -> Tensor | None:

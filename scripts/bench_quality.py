@@ -18,15 +18,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raygan.evaluate import PUBLISHED, OracleBenchmark, run_oracle_benchmark, write_result  # noqa: E402
+from raygan.evaluate import (  # noqa: E402
+    PUBLISHED,
+    OracleBenchmark,
+    add_oracle_arguments,
+    benchmark_from_args,
+    run_oracle_benchmark,
+    write_result,
+)
 from raygan.report import load_json, markdown_table, replace_section  # noqa: E402
 
 
 def oracle_section(result: dict) -> str:
     cfg = result["config"]
     rows = [
-        [p["phase"], p["nll_oracle"], p["nll_test"], f"{p['wall_s']:.0f}"]
-        for p in result["phases"]
+        [p["phase"], p["nll_oracle"], p["nll_test"], f"{p['wall_s']:.0f}"] for p in result["phases"]
     ]
     published = ", ".join(f"{k} {v}" for k, v in PUBLISHED.items())
     oracle = "SeqGAN oracle" if cfg["oracle_path"] else f"random oracle (seed {cfg['seed']})"
@@ -49,14 +55,7 @@ def oracle_section(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--oracle-path", help="SeqGAN oracle .npz; absent: a seeded random oracle")
-    parser.add_argument("--mle-epochs", type=int, default=80)
-    parser.add_argument("--eval-every-epochs", type=int, default=10)
-    parser.add_argument("--adv-steps", type=int, default=200)
-    parser.add_argument("--d-pretrain-steps", type=int, default=100)
-    parser.add_argument("--estimators", default="gumbel,rollout,dense")
-    parser.add_argument("--eval-samples", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_oracle_arguments(parser, require_source=False)
     parser.add_argument("--json", default="benchmarks/oracle_core.json")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--from-json", help="only regenerate the BENCHMARKS.md section")
@@ -66,22 +65,19 @@ def main() -> int:
     if args.from_json:
         replace_section(args.markdown, "oracle-core", oracle_section(load_json(args.from_json)))
         return 0
-    bench = OracleBenchmark(
-        oracle_path=args.oracle_path,
-        seed=args.seed,
-        mle_epochs=args.mle_epochs,
-        eval_every_epochs=args.eval_every_epochs,
-        adv_steps=args.adv_steps,
-        d_pretrain_steps=args.d_pretrain_steps,
-        estimators=tuple(args.estimators.split(",")),
-        eval_samples=args.eval_samples,
-    )
+    bench = benchmark_from_args(args)
     if args.smoke_test:
         from raygan.config import ModelConfig
 
         bench = OracleBenchmark(
-            num_train=512, num_test=256, batch_size=32, mle_epochs=2, eval_every_epochs=1,
-            adv_steps=3, d_pretrain_steps=2, eval_samples=256,
+            num_train=512,
+            num_test=256,
+            batch_size=32,
+            mle_epochs=2,
+            eval_every_epochs=1,
+            adv_steps=3,
+            d_pretrain_steps=2,
+            eval_samples=256,
             model=ModelConfig(vocab_size=50, max_len=8, g_embed_dim=16, g_hidden_dim=16),
         )
     result = run_oracle_benchmark(bench)

@@ -1,0 +1,758 @@
+"""Training speed at SeqGAN oracle sizes: plain PyTorch vs raygan's steps vs raygan on Ray Train.
+
+    python scripts/bench_train.py --out bench_out/train.json     # full run, ~10 minutes on 2 CPUs
+    python scripts/bench_train.py --smoke-test                   # tiny sizes, checks the script
+
+Sizes: vocab 5000, length 20, G embed/hidden 32/32, D 64/64, batch 64. The oracle is SeqGAN's
+(../shared/data/seqgan_oracle/target_params.npz) when present, else `Oracle.random(seed=0)`.
+Sections, all in one run so that the noisy machine affects every side alike:
+  1. plain loop: a hand-written MLE step and a Gumbel G+D step (nn.Embedding/LSTM/Linear, Adam,
+     clip 5), interleaved with raygan's steps;
+  2. raygan step functions in this process: mle_step, adversarial_step (gumbel, rollout, dense),
+     rollout g_step alone, an MLE epoch (plain vs raygan), NLL_oracle of 10,000 samples,
+     sample_categorical vs torch.multinomial, and a torch.profiler breakdown of a rollout g_step;
+  3. raygan under Ray Train: 1 worker on a local ray.init(num_cpus=2), then 2 workers on a
+     2-node x 1-CPU `ray.cluster_utils.Cluster`; per-step times per phase come from the
+     wall-clock stamps of rank 0's TensorBoard events (evaluation and checkpointing excluded);
+  4. data ingest: RankBatches rows/s vs what training consumes, and Ray Data read_parquet.
+Every time is a median over repetitions after warm-up; the JSON keeps every repetition. This
+process runs torch with 1 thread unless --threads says otherwise (see THREADS_HELP); the MLE and
+Gumbel steps are also timed at the other thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raygan.config import GANConfig, ModelConfig
+from raygan.gan import adversarial_step, g_step, mle_step
+from raygan.loop import PHASES
+from raygan.metrics import nll_oracle
+from raygan.models import Discriminator, Generator, Oracle, sample_categorical
+
+SEQGAN_ORACLE = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/seqgan_oracle/target_params.npz"
+)
+PEER_ROLLOUT_G_STEP_S = 49.0  # TextGAN-PyTorch, SeqGAN G step with 16 rollouts, on this CPU model
+PEER_NLL_ORACLE_S = 34.0  # TextGAN-PyTorch, NLL_oracle of 10,000 samples, on this CPU model
+THREADS_HELP = (
+    "torch intra-op threads in this process (default 1: Ray's 1-CPU workers run 1 thread, and on "
+    "this shared 2-CPU machine 2 threads were up to 5x slower under load)"
+)
+BIG = 10**6  # eval_every / checkpoint_every that never fire inside a phase
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    vocab: int = 5000
+    max_len: int = 20
+    g_dim: int = 32  # G embed = hidden (ModelConfig defaults)
+    d_dim: int = 64  # D embed = hidden (ModelConfig defaults)
+    batch: int = 64
+    rollout_num: int = 16
+    d_dropout: float = 0.25
+    num_train: int = 10_000  # prepared corpus; an MLE epoch is num_train // batch steps
+    num_test: int = 1_000
+    nll_samples: int = 10_000
+    cat_rows: int = 2000  # sample_categorical vs multinomial on (cat_rows, vocab) logits
+    warmup: int = 2
+    reps: int = 5  # fast steps (MLE is timed per step over whole epochs instead)
+    rollout_reps: int = 2
+    epoch_reps: int = 2
+    cat_reps: int = 20
+    ray_mle_steps: int = 80
+    ray_adv_steps: int = 16
+    eval_samples: int = 100
+    profile: bool = True
+
+
+FULL = Sizes()
+SMOKE = Sizes(
+    vocab=50, max_len=8, g_dim=8, d_dim=8, batch=8, rollout_num=2, num_train=160, num_test=32,
+    nll_samples=200, cat_rows=64, warmup=1, reps=2, rollout_reps=1, epoch_reps=1, cat_reps=3,
+    ray_mle_steps=6, ray_adv_steps=4, eval_samples=16,
+)  # fmt: skip
+
+
+# -- timing -------------------------------------------------------------------------------------
+def interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, reps: int) -> dict:
+    """Run the functions round-robin (warm-up rounds first) so drift on a noisy machine hits all
+    of them alike; returns {name: {"median_s", "times_s"}}."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + reps):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: {"median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
+
+
+def other_threads() -> int:
+    """1 when the benchmark runs multi-threaded, else 2 (the torch default on this machine)."""
+    return 1 if torch.get_num_threads() > 1 else 2
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def tokens_per_s(batch: int, max_len: int, seconds: float) -> float:
+    return batch * max_len / seconds
+
+
+# -- 1. the plain loop --------------------------------------------------------------------------
+class PlainLM(nn.Module):
+    """nn.Embedding -> nn.LSTM -> nn.Linear; an LSTMCell view of the same weights for rollouts."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(vocab, dim), nn.Linear(dim, vocab)
+        self.lstm = nn.LSTM(dim, dim, batch_first=True)
+
+    def forward(self, tokens_BT: torch.Tensor) -> torch.Tensor:
+        inputs_BT = F.pad(tokens_BT[:, :-1], (1, 0))  # start token 0
+        return self.head(self.lstm(self.embed(inputs_BT))[0])  # (B, T, V)
+
+    def gumbel_rollout(self, num: int, max_len: int, beta: float) -> torch.Tensor:
+        """(B, T, V) soft one-hots; the argmax of the perturbed logits is fed back."""
+        tokens_B, state, soft = torch.zeros(num, dtype=torch.long), None, []
+        for _ in range(max_len):
+            out_B1H, state = self.lstm(self.embed(tokens_B)[:, None], state)
+            logits_BV = self.head(out_B1H[:, 0])
+            u_BV = torch.rand_like(logits_BV)
+            perturbed_BV = logits_BV - torch.log(-torch.log(u_BV + 1e-10) + 1e-10)
+            tokens_B = perturbed_BV.argmax(-1)
+            soft.append(F.softmax(beta * perturbed_BV, dim=-1))
+        return torch.stack(soft, 1)
+
+
+class PlainD(nn.Module):
+    """Soft one-hots @ embedding -> LSTM -> one logit per sequence."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(vocab, dim), nn.Linear(dim, 1)
+        self.lstm = nn.LSTM(dim, dim, batch_first=True)
+
+    def forward(self, soft_BTV: torch.Tensor) -> torch.Tensor:
+        out_BTH, _ = self.lstm(soft_BTV @ self.embed.weight)
+        return self.head(out_BTH[:, -1])[:, 0]
+
+
+def _plain_update(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+
+
+def plain_mle_step(lm: PlainLM, opt, tokens_BT: torch.Tensor) -> None:
+    logits_BTV = lm(tokens_BT)
+    _plain_update(lm, opt, F.cross_entropy(logits_BTV.flatten(0, 1), tokens_BT.flatten()))
+
+
+def plain_gumbel_step(lm: PlainLM, disc: PlainD, opt_g, opt_d, real_BT, beta: float = 1.0) -> None:
+    """One D update (BCE, real one-hots vs a no-grad rollout), then one G update through D."""
+    B, T = real_BT.shape
+    with torch.no_grad():
+        fake_BTV = lm.gumbel_rollout(B, T, beta)
+    real_BTV = F.one_hot(real_BT, fake_BTV.shape[-1]).float()
+    labels_2B = torch.cat([torch.ones(B), torch.zeros(B)])
+    d_logits_2B = disc(torch.cat([real_BTV, fake_BTV]))
+    _plain_update(disc, opt_d, F.binary_cross_entropy_with_logits(d_logits_2B, labels_2B))
+    g_logits_B = disc(lm.gumbel_rollout(B, T, beta))
+    _plain_update(lm, opt_g, F.binary_cross_entropy_with_logits(g_logits_B, torch.ones(B)))
+
+
+# -- 2. raygan steps in one process --------------------------------------------------------------
+@dataclasses.dataclass
+class Bench:
+    """Everything one process needs: sizes, the corpus batches, plain and raygan models."""
+
+    sizes: Sizes
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    model_cfg: ModelConfig
+
+    def __post_init__(self) -> None:
+        s = self.sizes
+        torch.manual_seed(0)
+        self.plain_g, self.plain_d = PlainLM(s.vocab, s.g_dim), PlainD(s.vocab, s.d_dim)
+        self.plain_opt_g = torch.optim.Adam(self.plain_g.parameters(), lr=1e-2)
+        self.plain_opt_d = torch.optim.Adam(self.plain_d.parameters(), lr=1e-4)
+        self.gen, self.disc = Generator(self.model_cfg), Discriminator(self.model_cfg)
+        self.opt_mle = torch.optim.Adam(self.gen.parameters(), lr=1e-2)
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=1e-4)
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=1e-4)
+        self.real = itertools.cycle(self.batches)
+        self.rng = torch.Generator().manual_seed(0)
+
+    def raygan_mle(self, batch) -> None:
+        mle_step(self.gen, self.opt_mle, *batch, lr=1e-2, grad_clip=5.0)
+
+    def raygan_adv(self, estimator: str) -> Callable[[], object]:
+        cfg = GANConfig(estimator=estimator, rollout_num=self.sizes.rollout_num, d_steps=1)
+        baseline_T = torch.zeros(self.sizes.max_len) if estimator == "dense" else None
+        return lambda: adversarial_step(
+            self.gen, self.disc, self.opt_g, self.opt_d, self.real, cfg=cfg, g_lr=1e-4,
+            d_lr=1e-4, d_steps=1, beta=1.0, generator=self.rng, baseline_T=baseline_T,
+        )  # fmt: skip
+
+    def raygan_rollout_g_step(self) -> None:
+        cfg = GANConfig(estimator="rollout", rollout_num=self.sizes.rollout_num)
+        tokens_BT, lengths_B = next(self.real)
+        g_step(self.gen, self.disc, self.opt_g, tokens_BT, lengths_B, cfg=cfg, lr=1e-4,
+               generator=self.rng)  # fmt: skip
+
+    def plain_gumbel(self) -> None:
+        tokens_BT, _ = next(self.real)
+        plain_gumbel_step(self.plain_g, self.plain_d, self.plain_opt_g, self.plain_opt_d, tokens_BT)
+
+
+def bench_steps(b: Bench) -> dict:
+    """Sections 1-2: MLE over whole epochs (per step and per epoch), the adversarial steps."""
+    s, out = b.sizes, {}
+    epoch = b.batches[: s.num_train // s.batch]
+    step_times: dict[str, list[float]] = {"plain": [], "raygan": []}
+
+    def run_epoch(kind: str) -> Callable[[], None]:
+        def go() -> None:
+            for batch in epoch:
+                started = time.perf_counter()
+                if kind == "raygan":
+                    b.raygan_mle(batch)
+                else:
+                    plain_mle_step(b.plain_g, b.plain_opt_g, batch[0])
+                step_times[kind].append(time.perf_counter() - started)
+
+        return go
+
+    for batch in epoch[: 3 * s.warmup]:  # warm-up steps, not recorded
+        plain_mle_step(b.plain_g, b.plain_opt_g, batch[0])
+        b.raygan_mle(batch)
+    epochs = interleaved(
+        {"plain": run_epoch("plain"), "raygan": run_epoch("raygan")}, warmup=0, reps=s.epoch_reps
+    )
+    out["mle_epoch"] = {"steps": len(epoch), **epochs}
+    out["mle_step"] = {
+        kind: {"median_s": statistics.median(t), "steps_timed": len(t)}
+        for kind, t in step_times.items()
+    }
+    print(f"  MLE epoch: {json.dumps({k: v['median_s'] for k, v in epochs.items()})}", flush=True)
+
+    out["gumbel_step"] = interleaved(
+        {"plain": b.plain_gumbel, "raygan": b.raygan_adv("gumbel")}, warmup=s.warmup, reps=s.reps
+    )
+    out["dense_step"] = interleaved({"raygan": b.raygan_adv("dense")}, warmup=s.warmup, reps=s.reps)
+    print("  gumbel and dense done", flush=True)
+    alt = other_threads()
+    with torch_threads(alt):  # the same two steps at the other thread count, for comparison
+        batch = b.batches[0]
+        mle = interleaved({"mle": lambda: b.raygan_mle(batch)}, warmup=s.warmup, reps=2 * s.reps)
+        gumbel = interleaved({"gumbel": b.raygan_adv("gumbel")}, warmup=1, reps=s.reps // 2 + 1)
+        out["other_threads"] = {"threads": alt, **mle, **gumbel}
+    print(f"  {alt} threads done", flush=True)
+    out["rollout_step"] = interleaved(
+        {"raygan": b.raygan_adv("rollout")}, warmup=1, reps=s.rollout_reps
+    )
+    out["rollout_g_step"] = interleaved(
+        {"raygan": b.raygan_rollout_g_step}, warmup=0, reps=s.rollout_reps
+    )
+    print(f"  rollout g_step {out['rollout_g_step']['raygan']['median_s']:.2f} s", flush=True)
+    return out
+
+
+def bench_nll_and_sampler(b: Bench, oracle: Oracle) -> dict:
+    s = b.sizes
+    values: list[float] = []  # G is untrained here: the value is near the random-G level
+    score = lambda: values.append(nll_oracle(oracle, b.gen, num=s.nll_samples))  # noqa: E731
+    nll = interleaved({"nll_oracle": score}, warmup=0, reps=3)["nll_oracle"]  # ~20 s each
+    nll["values"] = values
+    logits_BV = torch.randn(s.cat_rows, s.vocab, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    sampler = interleaved(
+        {
+            "sample_categorical": lambda: sample_categorical(logits_BV, gen),
+            "multinomial": lambda: torch.multinomial(logits_BV.softmax(-1), 1, generator=gen),
+        },
+        warmup=3, reps=s.cat_reps,
+    )  # fmt: skip
+    return {"nll_oracle": nll, "sampler": {"rows": s.cat_rows, "vocab": s.vocab, **sampler}}
+
+
+def profile_rollout_g_step(b: Bench, top: int = 8) -> dict:
+    """torch.profiler over one rollout g_step: the ops with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        b.raygan_rollout_g_step()
+        wall = time.perf_counter() - started
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_us = sum(e.self_cpu_time_total for e in events)
+    ops = [
+        {
+            "op": e.key,
+            "self_cpu_s": e.self_cpu_time_total / 1e6,
+            "share": e.self_cpu_time_total / total_us,
+            "calls": e.count,
+        }
+        for e in events[:top]
+    ]
+    return {"wall_s_profiled": wall, "self_cpu_total_s": total_us / 1e6, "top_ops": ops}
+
+
+# -- 3. Ray Train -------------------------------------------------------------------------------
+def read_tb_scalars(tb_dir: Path) -> list[tuple[float, int, str]]:
+    """(wall_time, step, tag) of every scalar in the TFRecord event files under `tb_dir`."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):  # record: u64 length, u32 crc, payload, u32 crc
+            (length,) = struct.unpack_from("<Q", data, pos)
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            out.extend((event.wall_time, event.step, v.tag) for v in event.summary.value)
+    return out
+
+
+def phase_step_times(tb_dir: Path) -> dict:
+    """Per-phase step times from the wall-clock stamps rank 0 writes after every step.
+
+    The gap between consecutive steps of one phase is one step (data, step, TensorBoard write);
+    gaps across a phase boundary hold the evaluation and are left out."""
+    first: dict[tuple[str, int], float] = {}
+    for wall, step, tag in read_tb_scalars(tb_dir):
+        phase = tag.split("/", 1)[0]
+        if phase in PHASES:  # not eval/, samples, early_stopping
+            first[(phase, step)] = min(wall, first.get((phase, step), wall))
+    out = {}
+    for phase in sorted({p for p, _ in first}):
+        stamps = sorted(w for (p, _), w in first.items() if p == phase)
+        steps = sorted(st for (p, st) in first if p == phase)
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        out[phase] = {
+            "steps": len(steps),
+            "gaps_timed": len(gaps),
+            "median_s": statistics.median(gaps) if gaps else float("nan"),
+            "mean_s": statistics.fmean(gaps) if gaps else float("nan"),
+            "first_step": steps[0],
+            "last_step": steps[-1],
+        }
+    return out
+
+
+def run_fit(data_dir: str, work: Path, s: Sizes, num_workers: int) -> dict:
+    from raygan.train import fit
+
+    run_dir = work / f"run-{num_workers}w"
+    overrides = {
+        "num_workers": num_workers, "batch_size": s.batch, "mle_steps": s.ray_mle_steps,
+        "d_pretrain_steps": 0, "adv_steps": s.ray_adv_steps, "estimator": "gumbel", "d_steps": 1,
+        "eval_every": BIG, "checkpoint_every": BIG, "eval_samples": s.eval_samples,
+        "g_embed_dim": s.g_dim, "g_hidden_dim": s.g_dim, "d_embed_dim": s.d_dim,
+        "d_hidden_dim": s.d_dim, "rollout_num": s.rollout_num,
+    }  # fmt: skip
+    started = time.perf_counter()
+    summary = fit(data_dir, str(run_dir), overrides, fresh=True, log=lambda *_: None)
+    fit_wall = time.perf_counter() - started
+    steps = summary["steps"]
+    phases = phase_step_times(run_dir / "tb")
+    timed = sum(p["mean_s"] * p["gaps_timed"] for p in phases.values())
+    return {
+        "num_workers": num_workers,
+        "overrides": overrides,
+        "fit_wall_s": fit_wall,
+        "loop_wall_s": summary["wall_s"],
+        "startup_s": fit_wall - summary["wall_s"],
+        "steps": steps,
+        "loop_wall_per_step_s": summary["wall_s"] / steps,
+        "phases": phases,
+        "loop_untimed_s": summary["wall_s"] - timed,
+        "worker_nodes": summary.get("worker_nodes"),
+    }
+
+
+def worker_threads() -> int:
+    """torch threads inside a 1-CPU Ray actor (Ray sets OMP_NUM_THREADS from its CPUs)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def threads(self) -> int:
+            import torch
+
+            return torch.get_num_threads()
+
+    probe = Probe.remote()
+    try:
+        return ray.get(probe.threads.remote())
+    finally:
+        ray.kill(probe)
+
+
+def bench_ray(data_dir: str, work: Path, s: Sizes) -> dict:
+    """1 worker on a local 2-CPU Ray (plus Ray Data), then 2 workers on 2 single-CPU nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    out: dict = {}
+    started = time.perf_counter()
+    ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        out["ray_init_s"] = time.perf_counter() - started
+        out["worker_torch_threads"] = worker_threads()
+        out["one_worker"] = run_fit(data_dir, work, s, 1)
+        print(f"  1 worker: {_fit_line(out['one_worker'])}", flush=True)
+        out["ray_data"] = bench_ray_data(data_dir, s)
+    finally:
+        ray.shutdown()
+
+    cluster = None
+    started = time.perf_counter()
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        out["cluster_start_s"] = time.perf_counter() - started
+        out["two_workers"] = run_fit(data_dir, work, s, 2)
+        print(f"  2 workers: {_fit_line(out['two_workers'])}", flush=True)
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+    return out
+
+
+def _fit_line(r: dict) -> str:
+    per_phase = ", ".join(f"{k} {v['median_s']:.3f} s/step" for k, v in r["phases"].items())
+    return f"start-up {r['startup_s']:.1f} s, loop {r['loop_wall_s']:.1f} s, {per_phase}"
+
+
+# -- 4. data ingest -----------------------------------------------------------------------------
+def bench_rank_batches(data_dir: str, s: Sizes) -> dict:
+    from raygan.data import RankBatches
+
+    started = time.perf_counter()
+    batches = RankBatches(data_dir, batch_size_per_rank=s.batch // 2, rank=0, world_size=2, seed=0)
+    load_s = time.perf_counter() - started
+    epochs = []
+    for epoch in range(3):
+        started, rows = time.perf_counter(), 0
+        for tokens_BT, _ in batches.iter_epoch(epoch):
+            rows += tokens_BT.shape[0]
+        epochs.append({"rows": rows, "s": time.perf_counter() - started})
+    rates = [e["rows"] / e["s"] for e in epochs]
+    return {
+        "rank": 0, "world_size": 2, "batch_size_per_rank": s.batch // 2, "load_s": load_s,
+        "epochs": epochs, "rows_per_s": statistics.median(rates),
+        "rows_per_s_first_epoch_with_load": epochs[0]["rows"] / (epochs[0]["s"] + load_s),
+    }  # fmt: skip
+
+
+def pad_rows(tokens_N, max_len: int, pad_id: int = 0) -> torch.Tensor:
+    """Ray Data's numpy batch of variable-length lists -> (N, T) int64, padded."""
+    out_NT = np.full((len(tokens_N), max_len), pad_id, dtype=np.int64)
+    for i, row in enumerate(tokens_N):
+        out_NT[i, : len(row)] = row
+    return torch.from_numpy(out_NT)
+
+
+def bench_ray_data(data_dir: str, s: Sizes) -> dict:
+    """read_parquet(train shards) -> iter_batches(numpy) -> pad: first batch and rows/s."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    files = sorted(str(p) for p in Path(data_dir).glob("train-*.parquet"))
+    started = time.perf_counter()
+    ds = ray.data.read_parquet(files)  # tokens, length: the only columns
+    first_s, rows = None, 0
+    for batch in ds.iter_batches(batch_size=s.batch, batch_format="numpy"):
+        tokens_BT = pad_rows(batch["tokens"], s.max_len)
+        rows += tokens_BT.shape[0]
+        if first_s is None:
+            first_s = time.perf_counter() - started
+    total_s = time.perf_counter() - started
+    return {
+        "files": len(files), "rows": rows, "first_batch_s": first_s, "total_s": total_s,
+        "rows_per_s": rows / total_s,
+        "rows_per_s_after_first": (rows - s.batch) / max(total_s - first_s, 1e-9),
+    }  # fmt: skip
+
+
+# -- data, report, main -------------------------------------------------------------------------
+def prepare(work: Path, s: Sizes, smoke: bool) -> tuple[str, Oracle, str]:
+    from raygan.data import prepare_oracle
+
+    data_dir = str(work / "data")
+    common = dict(num_samples=s.num_train, num_test=s.num_test, max_len=s.max_len, seed=0,
+                  progress=False)  # fmt: skip
+    if not smoke and SEQGAN_ORACLE.is_file():
+        prepare_oracle(data_dir, oracle="seqgan", oracle_path=str(SEQGAN_ORACLE), **common)
+        oracle, which = Oracle.from_seqgan_file(SEQGAN_ORACLE), f"SeqGAN oracle ({SEQGAN_ORACLE})"
+    else:
+        prepare_oracle(data_dir, oracle="random", vocab_size=s.vocab, **common)
+        oracle = Oracle.random(vocab_size=s.vocab, max_len=s.max_len, embed_dim=s.g_dim,
+                               hidden_dim=s.g_dim, seed=0)  # fmt: skip
+        which = "Oracle.random(seed=0)" + ("" if smoke else f" ({SEQGAN_ORACLE} absent)")
+    return data_dir, oracle, which
+
+
+def corpus_batches(data_dir: str, s: Sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from raygan.data import read_split
+
+    tokens_NT, lengths_N = read_split(data_dir, "train")
+    n = len(tokens_NT) // s.batch * s.batch
+    return list(zip(tokens_NT[:n].split(s.batch), lengths_N[:n].split(s.batch), strict=True))
+
+
+def _row(what: str, value: float, goal: str = "info", ok: Callable | None = None) -> dict:
+    return {"what": what, "value": value, "goal": goal, "met": None if ok is None else ok(value)}
+
+
+def ratios(r: dict, s: Sizes) -> list[dict]:
+    """Every ratio with its goal; `met` is None where the ratio is for information."""
+    st, nll, ing = r["steps"], r["nll"], r["ingest"]
+    med = lambda d, *keys: d[keys[0]]["median_s"] / d[keys[1]]["median_s"]  # noqa: E731
+    rows = [
+        _row("MLE epoch time, raygan / plain", med(st["mle_epoch"], "raygan", "plain"),
+             "<= 1.0 (no slower)", lambda v: v <= 1.0),
+        _row("MLE step time, raygan / plain", med(st["mle_step"], "raygan", "plain")),
+        _row("Gumbel G+D step time, raygan / plain", med(st["gumbel_step"], "raygan", "plain")),
+        _row(f"rollout g_step ({s.rollout_num}): peer {PEER_ROLLOUT_G_STEP_S:.0f} s / ours",
+             PEER_ROLLOUT_G_STEP_S / st["rollout_g_step"]["raygan"]["median_s"],
+             "info (> 1: faster)"),
+        _row(f"NLL_oracle {s.nll_samples:,}: peer {PEER_NLL_ORACLE_S:.0f} s / ours",
+             PEER_NLL_ORACLE_S / nll["nll_oracle"]["median_s"], "info (> 1: faster)"),
+        _row(f"multinomial / sample_categorical time ({s.cat_rows}, {s.vocab})",
+             med(nll["sampler"], "multinomial", "sample_categorical"), "~9 (docstring claim)"),
+        _row("RankBatches rows/s / MLE consumption", ing["vs_mle"], ">= 20", lambda v: v >= 20),
+        _row("RankBatches rows/s / adversarial consumption", ing["vs_adversarial"], ">= 20",
+             lambda v: v >= 20),
+    ]  # fmt: skip
+    if "ray" not in r:
+        return rows
+    one, two = r["ray"]["one_worker"]["phases"], r["ray"]["two_workers"]["phases"]
+    # Ray gives a 1-CPU worker OMP_NUM_THREADS=1: compare with this process at 1 thread
+    alt = st["other_threads"]
+    mle_1, gumbel_1 = (
+        (st["mle_step"]["raygan"], st["gumbel_step"]["raygan"])
+        if torch.get_num_threads() == 1
+        else (alt["mle"], alt["gumbel"])
+    )
+    rows += [
+        _row("Ray 1 worker MLE step / one process (1 thread)",
+             one["mle"]["median_s"] / mle_1["median_s"], "<= 1.10", lambda v: v <= 1.10),
+        _row("Ray 1 worker gumbel adv step / one process (1 thread)",
+             one["adversarial"]["median_s"] / gumbel_1["median_s"], "<= 1.10",
+             lambda v: v <= 1.10),
+        _row("Ray 2 workers (2 nodes) / 1 worker throughput, MLE",
+             one["mle"]["median_s"] / two["mle"]["median_s"], ">= 1.7", lambda v: v >= 1.7),
+        _row("Ray 2 workers (2 nodes) / 1 worker throughput, gumbel adv",
+             one["adversarial"]["median_s"] / two["adversarial"]["median_s"], ">= 1.7",
+             lambda v: v >= 1.7),
+        _row("RankBatches rows/s / Ray Data rows/s (incl. start-up)",
+             ing["rank_batches"]["rows_per_s"] / r["ray"]["ray_data"]["rows_per_s"]),
+        _row("RankBatches rows/s / Ray Data rows/s (after 1st batch)",
+             ing["rank_batches"]["rows_per_s"] / r["ray"]["ray_data"]["rows_per_s_after_first"]),
+    ]  # fmt: skip
+    return rows
+
+
+def ingest_summary(r: dict, s: Sizes) -> dict:
+    """Rows/s RankBatches yields vs rows/s training consumes, against the fastest one-process step
+    measured (conservative). An adversarial step with d_steps=1 reads two batches (D and G)."""
+    st, rb = r["steps"], r["ingest"]["rank_batches"]
+    alt = st["other_threads"]
+    mle_s = min(st["mle_step"]["raygan"]["median_s"], alt["mle"]["median_s"])
+    adv = {
+        "gumbel": st["gumbel_step"]["raygan"]["median_s"],
+        f"gumbel, {alt['threads']} threads": alt["gumbel"]["median_s"],
+        "dense": st["dense_step"]["raygan"]["median_s"],
+    }
+    adv_name = min(adv, key=adv.get)
+    mle_rows_s, adv_rows_s = s.batch / mle_s, 2 * s.batch / adv[adv_name]
+    return {
+        "mle_consumes_rows_per_s": mle_rows_s,
+        "adversarial_step_used": adv_name,
+        "adversarial_consumes_rows_per_s": adv_rows_s,
+        "vs_mle": rb["rows_per_s"] / mle_rows_s,
+        "vs_adversarial": rb["rows_per_s"] / adv_rows_s,
+    }
+
+
+def times_table(r: dict, s: Sizes) -> str:
+    st, T, B = r["steps"], s.max_len, s.batch
+    alt = st["other_threads"]
+    rows = [
+        ("plain MLE step", st["mle_step"]["plain"]["median_s"]),
+        ("raygan mle_step", st["mle_step"]["raygan"]["median_s"]),
+        (f"raygan mle_step, {alt['threads']} thread(s)", alt["mle"]["median_s"]),
+        ("plain Gumbel G+D step", st["gumbel_step"]["plain"]["median_s"]),
+        ("raygan adversarial_step gumbel", st["gumbel_step"]["raygan"]["median_s"]),
+        (f"raygan adversarial_step gumbel, {alt['threads']} thread(s)", alt["gumbel"]["median_s"]),
+        (f"raygan adversarial_step rollout ({s.rollout_num})",
+         st["rollout_step"]["raygan"]["median_s"]),
+        (f"raygan g_step rollout ({s.rollout_num})", st["rollout_g_step"]["raygan"]["median_s"]),
+        ("raygan adversarial_step dense", st["dense_step"]["raygan"]["median_s"]),
+    ]  # fmt: skip
+    workers = (("1 worker", "one_worker"), ("2 workers", "two_workers")) if "ray" in r else ()
+    for name, key in workers:
+        for phase, p in r["ray"][key]["phases"].items():
+            rows.append((f"Ray Train {name}, {phase} step (TB stamps)", p["median_s"]))
+    lines = ["| step | median s | tokens/s |", "|---|---:|---:|"]
+    lines += [f"| {n} | {t:.4f} | {tokens_per_s(B, T, t):,.0f} |" for n, t in rows]
+    ep = st["mle_epoch"]
+    lines += [
+        f"| MLE epoch ({ep['steps']} steps), plain | {ep['plain']['median_s']:.2f} | |",
+        f"| MLE epoch ({ep['steps']} steps), raygan | {ep['raygan']['median_s']:.2f} | |",
+        f"| NLL_oracle of {s.nll_samples:,} samples | {r['nll']['nll_oracle']['median_s']:.2f} | |",
+    ]
+    if "ray" in r:
+        data = r["ray"]["ray_data"]
+        lines.append(
+            f"| Ray Data read_parquet → iter_batches(64) + pad: first batch / total "
+            f"({data['rows']:,} rows) | {data['first_batch_s']:.2f} / {data['total_s']:.2f} | |"
+        )
+    for name, key in workers:
+        w = r["ray"][key]
+        lines.append(
+            f"| Ray Train {name}: start-up (fit − loop) / loop wall / loop per step | "
+            f"{w['startup_s']:.1f} / {w['loop_wall_s']:.1f} / {w['loop_wall_per_step_s']:.3f} | |"
+        )
+    return "\n".join(lines)
+
+
+def ratio_table(rows: list[dict]) -> str:
+    mark = {True: "yes", False: "**no**", None: "—"}
+    lines = ["| ratio | value | goal | met |", "|---|---:|---|---|"]
+    lines += [f"| {r['what']} | {r['value']:.2f} | {r['goal']} | {mark[r['met']]} |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    import ray
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+         if ln.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    return {
+        "cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace, s: Sizes, work: Path) -> dict:
+    result: dict = {"command": "python " + shlex.join(sys.argv), "sizes": dataclasses.asdict(s)}
+    result["machine"] = machine()
+    result["loadavg_start"] = os.getloadavg()  # other work on the machine skews every number
+    started = time.perf_counter()
+    data_dir, oracle, result["oracle"] = prepare(work, s, args.smoke_test)
+    result["prepare_s"] = time.perf_counter() - started
+    print(f"oracle: {result['oracle']}; prepared in {result['prepare_s']:.1f} s", flush=True)
+    model_cfg = ModelConfig(
+        vocab_size=s.vocab, max_len=s.max_len, g_embed_dim=s.g_dim, g_hidden_dim=s.g_dim,
+        d_embed_dim=s.d_dim, d_hidden_dim=s.d_dim, d_dropout=s.d_dropout,
+    )  # fmt: skip
+    bench = Bench(s, corpus_batches(data_dir, s), model_cfg)
+    print("[1-2] steps in one process", flush=True)
+    result["steps"] = bench_steps(bench)
+    result["nll"] = bench_nll_and_sampler(bench, oracle)
+    if s.profile:
+        result["rollout_profile"] = profile_rollout_g_step(bench)
+    print("[4] RankBatches", flush=True)
+    result["ingest"] = {"rank_batches": bench_rank_batches(data_dir, s)}
+    result["ingest"].update(ingest_summary(result, s))
+    result["loadavg_before_ray"] = os.getloadavg()
+    if not args.with_ray:
+        result["ratios"] = ratios(result, s)
+        return result
+    print("[3] Ray Train (and Ray Data)", flush=True)
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rgb-", dir="/tmp")  # short socket paths
+    try:
+        result["ray"] = bench_ray(data_dir, work, s)
+    finally:
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+    result["loadavg_end"] = os.getloadavg()
+    result["ratios"] = ratios(result, s)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench_out/train.json"))
+    parser.add_argument(
+        "--smoke-test", action="store_true", help="tiny sizes, one process only: < 1 minute"
+    )
+    parser.add_argument(
+        "--ray", action="store_true", help="with --smoke-test: run the Ray sections too (~3 min)"
+    )
+    parser.add_argument("--no-profile", action="store_true", help="skip the rollout profile")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.with_ray = args.ray or not args.smoke_test
+    sizes = SMOKE if args.smoke_test else FULL
+    sizes = dataclasses.replace(sizes, profile=sizes.profile and not args.no_profile)
+
+    from raygan.ray_env import ray_environment
+
+    ray_environment()  # RAY_USAGE_STATS_ENABLED=0, RAY_AUTH_MODE=disabled
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        result = run(args, sizes, Path(tmp))
+    result["total_s"] = time.perf_counter() - started
+    tables = times_table(result, sizes) + "\n\n" + ratio_table(result["ratios"])
+    result["markdown"] = tables
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nOracle: {result['oracle']}. Machine: {result['machine']['cpu']}, "
+          f"{result['machine']['cpus']} CPUs, torch threads {result['machine']['torch_threads']} "
+          f"(Ray 1-CPU workers: {result.get('ray', {}).get('worker_torch_threads', '-')}); "
+          f"load average at start {result['loadavg_start'][0]:.1f}.\n")  # fmt: skip
+    print(tables)
+    if "rollout_profile" in result:
+        top = result["rollout_profile"]["top_ops"][:5]
+        print("\nRollout g_step, top self-CPU ops: " + "; ".join(
+            f"{o['op']} {o['self_cpu_s']:.2f} s ({o['share']:.0%}, {o['calls']} calls)" for o in top
+        ))  # fmt: skip
+    peer = f"{PEER_ROLLOUT_G_STEP_S:.0f} s, {PEER_NLL_ORACLE_S:.0f} s"
+    print(f"\nPeer figures ({peer}) are TextGAN-PyTorch's, measured earlier on this CPU model; "
+          "not re-measured here.")  # fmt: skip
+    print(f"Command: {result['command']}; total {result['total_s']:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
