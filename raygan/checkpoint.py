@@ -59,6 +59,15 @@ def save_checkpoint(
     return directory
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small file so that readers see the old or the new content, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Copy a checkpoint directory to `dst` atomically (e.g. exporting RUN_DIR/final)."""
     dst = Path(dst)

@@ -138,6 +138,31 @@ def _run_sample(args) -> int:
     return 0
 
 
+def _add_config(sub) -> None:
+    p = sub.add_parser(
+        "config",
+        help="print the training config (defaults, or resolved for --data) as YAML for --config",
+    )
+    p.add_argument("--data", help="resolve vocab, max_len and special ids from this prepared data")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _run_config(args) -> int:
+    import yaml
+
+    from raygan.config import Config, apply_overrides, parse_key_values
+
+    overrides = parse_key_values(args.overrides)
+    if args.data:
+        from raygan.train import resolve_config
+
+        config = resolve_config(args.data, overrides)
+    else:
+        config = apply_overrides(Config(), overrides)
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
@@ -161,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_evaluate(sub)
+    _add_config(sub)
     _add_demo(sub)
     return parser
 
@@ -192,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_evaluate(args)
         if args.command == "demo":
             return _run_demo(args)
+        if args.command == "config":
+            return _run_config(args)
     except RayganError as exc:
         print(f"raygan: error: {exc}", file=sys.stderr)
         return 2

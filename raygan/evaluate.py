@@ -234,8 +234,6 @@ def _jsonable(bench: OracleBenchmark) -> dict:
 
 
 def write_result(result: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    from raygan.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result, indent=2))

@@ -1,12 +1,14 @@
 """The per-worker training loop: MLE pretraining, D pretraining, then adversarial training.
 
-It imports no Ray. Ray Train runs it on every worker (raygan.train) and a Tune trial runs it at
-world size 1 (raygan.tune); each passes a `WorkerContext` with its own reporting call, the
-checkpoint to resume from, and the function that wraps a model for data parallelism.
+It imports no Ray. Ray Train runs it on every worker (raygan.train); one process can run it at
+world size 1 (the reference the distributed tests compare against). Each caller passes a
+`WorkerContext` with its reporting call, the checkpoint to resume from, and the function that
+wraps a model for data parallelism.
 
-Determinism: every step reseeds its random streams from (seed, step, stream), and the data
-position is a batch counter, so a resumed run repeats exactly what the uninterrupted run would
-have done, and W workers drawing streams [W*r/W...] equal one process drawing all of them.
+Determinism: every step reseeds its random streams from (seed, step, stream) and the data position
+is a batch counter, so a resumed run repeats exactly what the uninterrupted run would have done.
+The global batch's rows are split into `rng_streams` random streams; a worker draws only its own
+rows' streams, so W workers together draw what one process with the same streams draws.
 """
 
 from __future__ import annotations

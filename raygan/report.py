@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from raygan.checkpoint import atomic_write_text
+
 
 def replace_section(markdown_path: str | Path, name: str, body: str) -> None:
     path = Path(markdown_path)
@@ -22,9 +24,7 @@ def replace_section(markdown_path: str | Path, name: str, body: str) -> None:
         if pattern.search(text)
         else text.rstrip() + f"\n\n{block}\n"
     )
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from raygan.checkpoint import copy_checkpoint, load_checkpoint
+from raygan.checkpoint import atomic_write_text, copy_checkpoint, load_checkpoint
 from raygan.config import Config
 from raygan.errors import RayganError
 
@@ -158,7 +158,7 @@ def fit(
     _check_run_dir(run_path, run, fresh)
     run_path.mkdir(parents=True, exist_ok=True)
     log("resolved config:\n" + json.dumps(config.to_dict(), indent=2))
-    (run_path / "run.json").write_text(json.dumps(run, indent=2))
+    atomic_write_text(run_path / "run.json", json.dumps(run, indent=2))
 
     ensure_ray()
     check_placement(config)
@@ -189,5 +189,5 @@ def fit(
         summary["final_checkpoint"] = str(run_path / "final")
         _, _, meta = load_checkpoint(run_path / "final")
         summary["final_step"] = meta["step"]
-    (run_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(run_path / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary

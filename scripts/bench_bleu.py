@@ -59,7 +59,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="raygan.bleu runs; best is kept")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fallback data")
-    parser.add_argument("--out", type=Path, default=Path("bench_out/bleu.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/bleu.json"))
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="also write the table into this BENCHMARKS.md"
+    )
+    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
     return parser.parse_args(argv)
 
 
@@ -189,8 +193,23 @@ def markdown(result: dict) -> str:
     return "\n".join(rows)
 
 
+def markdown_section(result: dict) -> str:
+    return (
+        f"{result['markdown']}\n\nData: {result['data_source']}; {result['num_hypotheses']:,} "
+        f"hypotheses, {result['num_references']:,} references. nltk: {result['nltk_timing']}; "
+        f"raygan.bleu: {result['ours_timing']}.\n\nCommand: `{result['command']}`"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        from raygan.report import replace_section
+
+        replace_section(
+            args.markdown, "bleu", markdown_section(json.loads(args.from_json.read_text()))
+        )
+        return 0
     hyps, refs, source = load_data(args)
     print(f"data: {source}; {len(hyps)} hypotheses, {len(refs)} references")
     print(
@@ -220,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**result, "markdown": table}, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if args.markdown:
+        from raygan.report import replace_section
+
+        replace_section(args.markdown, "bleu", markdown_section({**result, "markdown": table}))
     worst = max(result["bleu"]["sample_max_abs_diff"], result["self_bleu"]["sample_max_abs_diff"])
     if worst > TOL:
         print(f"MISMATCH: raygan.bleu and nltk differ by {worst:.3e} > {TOL}", file=sys.stderr)
