@@ -81,11 +81,13 @@ def mle_step(
     check_batch(tokens_BT, unwrap(gen).cfg)
     gen.train()
     logits_BTV = gen(tokens_BT)
-    mask_BT = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT)
-    nll_BT = F.cross_entropy(
-        logits_BTV.flatten(0, 1).float(), tokens_BT.flatten(), reduction="none"
+    targets_BT = tokens_BT
+    if lengths_B is not None:  # padding is ignored by the loss, not counted in the mean
+        padding_BT = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT) == 0
+        targets_BT = tokens_BT.masked_fill(padding_BT, -100)
+    loss = F.cross_entropy(
+        logits_BTV.flatten(0, 1).float(), targets_BT.flatten(), ignore_index=-100
     )
-    loss = (nll_BT.view_as(mask_BT) * mask_BT).sum() / mask_BT.sum()
     norm = _update(gen, optimizer, loss, lr=lr, grad_clip=grad_clip)
     return {"mle_loss": float(loss.detach()), "g_grad_norm": norm}
 

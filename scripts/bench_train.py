@@ -45,10 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygan.config import GANConfig, ModelConfig
+from raygan.data import RankBatches, prepare_oracle, read_split
 from raygan.gan import adversarial_step, g_step, mle_step
 from raygan.loop import PHASES
 from raygan.metrics import nll_oracle
 from raygan.models import Discriminator, Generator, Oracle, sample_categorical
+from raygan.ray_env import ray_environment
+from raygan.train import fit  # imported up front: one snapshot of raygan for the whole run
 
 SEQGAN_ORACLE = (
     Path(__file__).resolve().parents[1].parent / "shared/data/seqgan_oracle/target_params.npz"
@@ -235,36 +238,45 @@ class Bench:
         plain_gumbel_step(self.plain_g, self.plain_d, self.plain_opt_g, self.plain_opt_d, tokens_BT)
 
 
+def bench_mle_epochs(b: Bench) -> dict:
+    """Plain vs raygan MLE over whole epochs, interleaved step by step on the same batch (order
+    alternating) so that load drift hits both alike; an epoch's time is the sum of its steps."""
+    s = b.sizes
+    epoch = b.batches[: s.num_train // s.batch]
+    steps = {
+        "plain": lambda batch: plain_mle_step(b.plain_g, b.plain_opt_g, batch[0]),
+        "raygan": b.raygan_mle,
+    }
+    for batch in epoch[: 3 * s.warmup]:  # warm-up steps, not recorded
+        for step in steps.values():
+            step(batch)
+    times = {kind: [[] for _ in range(s.epoch_reps)] for kind in steps}
+    for rep, (i, batch) in itertools.product(range(s.epoch_reps), enumerate(epoch)):
+        for kind in sorted(steps, reverse=bool(i % 2)):
+            started = time.perf_counter()
+            steps[kind](batch)
+            times[kind][rep].append(time.perf_counter() - started)
+    totals = {kind: [sum(rep) for rep in reps] for kind, reps in times.items()}
+    return {
+        "mle_epoch": {
+            "steps": len(epoch),
+            **{k: {"median_s": statistics.median(t), "times_s": t} for k, t in totals.items()},
+        },
+        "mle_step": {
+            kind: {
+                "median_s": statistics.median([t for rep in reps for t in rep]),
+                "steps_timed": len(epoch) * len(reps),
+            }
+            for kind, reps in times.items()
+        },
+    }
+
+
 def bench_steps(b: Bench) -> dict:
     """Sections 1-2: MLE over whole epochs (per step and per epoch), the adversarial steps."""
-    s, out = b.sizes, {}
-    epoch = b.batches[: s.num_train // s.batch]
-    step_times: dict[str, list[float]] = {"plain": [], "raygan": []}
-
-    def run_epoch(kind: str) -> Callable[[], None]:
-        def go() -> None:
-            for batch in epoch:
-                started = time.perf_counter()
-                if kind == "raygan":
-                    b.raygan_mle(batch)
-                else:
-                    plain_mle_step(b.plain_g, b.plain_opt_g, batch[0])
-                step_times[kind].append(time.perf_counter() - started)
-
-        return go
-
-    for batch in epoch[: 3 * s.warmup]:  # warm-up steps, not recorded
-        plain_mle_step(b.plain_g, b.plain_opt_g, batch[0])
-        b.raygan_mle(batch)
-    epochs = interleaved(
-        {"plain": run_epoch("plain"), "raygan": run_epoch("raygan")}, warmup=0, reps=s.epoch_reps
-    )
-    out["mle_epoch"] = {"steps": len(epoch), **epochs}
-    out["mle_step"] = {
-        kind: {"median_s": statistics.median(t), "steps_timed": len(t)}
-        for kind, t in step_times.items()
-    }
-    print(f"  MLE epoch: {json.dumps({k: v['median_s'] for k, v in epochs.items()})}", flush=True)
+    s, out = b.sizes, bench_mle_epochs(b)
+    epochs = {k: v["median_s"] for k, v in out["mle_epoch"].items() if k != "steps"}
+    print(f"  MLE epoch: {json.dumps(epochs)}", flush=True)
 
     out["gumbel_step"] = interleaved(
         {"plain": b.plain_gumbel, "raygan": b.raygan_adv("gumbel")}, warmup=s.warmup, reps=s.reps
@@ -371,8 +383,6 @@ def phase_step_times(tb_dir: Path) -> dict:
 
 
 def run_fit(data_dir: str, work: Path, s: Sizes, num_workers: int) -> dict:
-    from raygan.train import fit
-
     run_dir = work / f"run-{num_workers}w"
     overrides = {
         "num_workers": num_workers, "batch_size": s.batch, "mle_steps": s.ray_mle_steps,
@@ -459,8 +469,6 @@ def _fit_line(r: dict) -> str:
 
 # -- 4. data ingest -----------------------------------------------------------------------------
 def bench_rank_batches(data_dir: str, s: Sizes) -> dict:
-    from raygan.data import RankBatches
-
     started = time.perf_counter()
     batches = RankBatches(data_dir, batch_size_per_rank=s.batch // 2, rank=0, world_size=2, seed=0)
     load_s = time.perf_counter() - started
@@ -510,8 +518,6 @@ def bench_ray_data(data_dir: str, s: Sizes) -> dict:
 
 # -- data, report, main -------------------------------------------------------------------------
 def prepare(work: Path, s: Sizes, smoke: bool) -> tuple[str, Oracle, str]:
-    from raygan.data import prepare_oracle
-
     data_dir = str(work / "data")
     common = dict(num_samples=s.num_train, num_test=s.num_test, max_len=s.max_len, seed=0,
                   progress=False)  # fmt: skip
@@ -527,8 +533,6 @@ def prepare(work: Path, s: Sizes, smoke: bool) -> tuple[str, Oracle, str]:
 
 
 def corpus_batches(data_dir: str, s: Sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from raygan.data import read_split
-
     tokens_NT, lengths_N = read_split(data_dir, "train")
     n = len(tokens_NT) // s.batch * s.batch
     return list(zip(tokens_NT[:n].split(s.batch), lengths_N[:n].split(s.batch), strict=True))
@@ -725,8 +729,6 @@ def main() -> int:
     args.with_ray = args.ray or not args.smoke_test
     sizes = SMOKE if args.smoke_test else FULL
     sizes = dataclasses.replace(sizes, profile=sizes.profile and not args.no_profile)
-
-    from raygan.ray_env import ray_environment
 
     ray_environment()  # RAY_USAGE_STATS_ENABLED=0, RAY_AUTH_MODE=disabled
     started = time.perf_counter()

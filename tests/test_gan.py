@@ -189,3 +189,15 @@ def test_batches_that_do_not_match_the_model_are_refused():
         mle_step(gen, opt_g, torch.zeros(2, 7, dtype=torch.long), lr=1e-3)
     with pytest.raises(RayganError, match=r"token id 12; expected ids in \[0, vocab_size=12\)"):
         d_step(gen, disc, opt_d, torch.full((2, 6), 12), cfg=GANConfig(), lr=1e-3)
+
+
+def test_mle_loss_ignores_padding():
+    from tests.conftest import TINY_TEXT
+
+    gen = Generator(TINY_TEXT)
+    opt = torch.optim.SGD(gen.parameters(), lr=0.0)
+    tokens_BT = torch.tensor([[5, 6, 2, 0, 0, 0], [7, 2, 0, 0, 0, 0]])
+    lengths_B = torch.tensor([3, 2])
+    expected = float(gen.token_nll(tokens_BT, lengths_B).sum() / 5)
+    stats = mle_step(gen, opt, tokens_BT, lengths_B, lr=0.0)
+    assert stats["mle_loss"] == pytest.approx(expected, rel=1e-5)
