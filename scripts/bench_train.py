@@ -1,6 +1,6 @@
 """Training speed at SeqGAN oracle sizes: plain PyTorch vs raygan's steps vs raygan on Ray Train.
 
-    python scripts/bench_train.py --out bench_out/train.json     # full run, ~10 minutes on 2 CPUs
+    python scripts/bench_train.py --markdown BENCHMARKS.md       # full run, ~6 minutes on 2 CPUs
     python scripts/bench_train.py --smoke-test                   # tiny sizes, checks the script
 
 Sizes: vocab 5000, length 20, G embed/hidden 32/32, D 64/64, batch 64. The oracle is SeqGAN's
@@ -51,6 +51,7 @@ from raygan.loop import PHASES
 from raygan.metrics import nll_oracle
 from raygan.models import Discriminator, Generator, Oracle, sample_categorical
 from raygan.ray_env import ray_environment
+from raygan.report import replace_section
 from raygan.train import fit  # imported up front: one snapshot of raygan for the whole run
 
 SEQGAN_ORACLE = (
@@ -557,7 +558,7 @@ def ratios(r: dict, s: Sizes) -> list[dict]:
         _row(f"NLL_oracle {s.nll_samples:,}: peer {PEER_NLL_ORACLE_S:.0f} s / ours",
              PEER_NLL_ORACLE_S / nll["nll_oracle"]["median_s"], "info (> 1: faster)"),
         _row(f"multinomial / sample_categorical time ({s.cat_rows}, {s.vocab})",
-             med(nll["sampler"], "multinomial", "sample_categorical"), "~9 (docstring claim)"),
+             med(nll["sampler"], "multinomial", "sample_categorical"), "~6 (sample_categorical docstring)"),
         _row("RankBatches rows/s / MLE consumption", ing["vs_mle"], ">= 20", lambda v: v >= 20),
         _row("RankBatches rows/s / adversarial consumption", ing["vs_adversarial"], ">= 20",
              lambda v: v >= 20),
@@ -713,9 +714,35 @@ def run(args: argparse.Namespace, s: Sizes, work: Path) -> dict:
     return result
 
 
+def report_text(result: dict) -> str:
+    """The tables and the notes that belong with them, for stdout and BENCHMARKS.md."""
+    machine = result["machine"]
+    lines = [
+        f"Oracle: {result['oracle']}. Machine: {machine['cpu']}, {machine['cpus']} CPUs, torch "
+        f"threads {machine['torch_threads']} (Ray 1-CPU workers: "
+        f"{result.get('ray', {}).get('worker_torch_threads', '-')}); load average at start "
+        f"{result['loadavg_start'][0]:.1f}.",
+        "",
+        result["markdown"],
+    ]
+    if "rollout_profile" in result:
+        top = result["rollout_profile"]["top_ops"][:5]
+        lines += ["", "Rollout g_step, top self-CPU ops: " + "; ".join(
+            f"{o['op']} {o['self_cpu_s']:.2f} s ({o['share']:.0%}, {o['calls']} calls)" for o in top
+        )]  # fmt: skip
+    peer = f"{PEER_ROLLOUT_G_STEP_S:.0f} s, {PEER_NLL_ORACLE_S:.0f} s"
+    lines += [
+        "",
+        f"Peer figures ({peer}) are TextGAN-PyTorch's, measured earlier on this CPU model; "
+        "not re-measured here.",
+        f"Command: `{result['command']}`; total {result['total_s']:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench_out/train.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/train.json"))
     parser.add_argument(
         "--smoke-test", action="store_true", help="tiny sizes, one process only: < 1 minute"
     )
@@ -724,7 +751,14 @@ def main() -> int:
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the rollout profile")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument(
+        "--markdown", type=Path, help="also write the tables into this BENCHMARKS.md"
+    )
+    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
     args = parser.parse_args()
+    if args.from_json:
+        replace_section(args.markdown, "train", report_text(json.loads(args.from_json.read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     args.with_ray = args.ray or not args.smoke_test
     sizes = SMOKE if args.smoke_test else FULL
@@ -739,20 +773,9 @@ def main() -> int:
     result["markdown"] = tables
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nOracle: {result['oracle']}. Machine: {result['machine']['cpu']}, "
-          f"{result['machine']['cpus']} CPUs, torch threads {result['machine']['torch_threads']} "
-          f"(Ray 1-CPU workers: {result.get('ray', {}).get('worker_torch_threads', '-')}); "
-          f"load average at start {result['loadavg_start'][0]:.1f}.\n")  # fmt: skip
-    print(tables)
-    if "rollout_profile" in result:
-        top = result["rollout_profile"]["top_ops"][:5]
-        print("\nRollout g_step, top self-CPU ops: " + "; ".join(
-            f"{o['op']} {o['self_cpu_s']:.2f} s ({o['share']:.0%}, {o['calls']} calls)" for o in top
-        ))  # fmt: skip
-    peer = f"{PEER_ROLLOUT_G_STEP_S:.0f} s, {PEER_NLL_ORACLE_S:.0f} s"
-    print(f"\nPeer figures ({peer}) are TextGAN-PyTorch's, measured earlier on this CPU model; "
-          "not re-measured here.")  # fmt: skip
-    print(f"Command: {result['command']}; total {result['total_s']:.0f} s; wrote {args.out}")
+    print(report_text(result))
+    if args.markdown:
+        replace_section(args.markdown, "train", report_text(result))
     return 0
 
 
