@@ -11,6 +11,7 @@ module that calls ray.train.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,6 @@ def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.train
     import ray.train.torch
-    import torch
 
     from raygan.loop import WorkerContext, train_loop
 
@@ -41,27 +41,17 @@ def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
         ray.train.report(dict(metrics), checkpoint=checkpoint)  # [2] report (+ checkpoint)
 
     checkpoint = ray.train.get_checkpoint()  # [1] resume from the newest checkpoint, if any
-    with checkpoint.as_directory() if checkpoint else _null() as restore_dir:
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
         ctx = WorkerContext(
             rank=context.get_world_rank(),
             world_size=context.get_world_size(),
-            device=ray.train.torch.get_device()
-            if torch.cuda.is_available()
-            else torch.device("cpu"),
+            device=ray.train.torch.get_device(),  # the worker's GPU, or the CPU
             report=report,
             restore_dir=restore_dir,
             prepare_model=ray.train.torch.prepare_model,  # [3] DDP across workers
             node_id=ray.get_runtime_context().get_node_id(),
         )
         return train_loop(run, ctx)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def resolve_config(data_dir: str, overrides: dict[str, Any]) -> Config:
