@@ -192,6 +192,8 @@ class TrainerConfig:
     with different worker counts draw the same samples."""
     init_from: str = ""
     """Checkpoint directory whose G (and D) weights start this run; its vocab must match the data."""
+    log_level: str = "WARNING"
+    """Ray Train's console log level (DEBUG, INFO, WARNING, ERROR); INFO shows every report."""
     fail_at_step: int = -1
     """Test hook: the last worker SIGKILLs itself on reaching this step, on the first attempt only."""
 
@@ -199,6 +201,7 @@ class TrainerConfig:
         for name in ("num_workers", "cpus_per_worker", "checkpoint_every", "keep_checkpoints"):
             _check_positive(self, name)
         _check_choice(self, "monitor", MONITORS)
+        _check_choice(self, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"))
         if self.patience < 0 or self.max_failures < 0 or self.rng_streams < 0:
             raise RayganError("patience, max_failures and rng_streams must be >= 0")
 

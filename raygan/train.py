@@ -23,7 +23,7 @@ from raygan.config import Config
 from raygan.errors import RayganError
 
 RUN_NAME = "raygan"
-RESUME_TOLERANT_KEYS = {"trainer.fail_at_step", "trainer.max_failures"}
+RESUME_TOLERANT_KEYS = {"trainer.fail_at_step", "trainer.max_failures", "trainer.log_level"}
 
 
 def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +167,7 @@ def fit(
             storage_path=str(run_path / "ray"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=t.log_level),
         ),
     )
     result = trainer.fit()
