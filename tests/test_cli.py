@@ -21,7 +21,9 @@ def test_config_yaml_round_trips(tmp_path, capsys):
 def test_yaml_with_unknown_key_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("gan:\n  d_stesp: 3\n")
-    with pytest.raises(RayganError, match=r"bad.yaml: unknown config key 'gan.d_stesp'; did you mean"):
+    with pytest.raises(
+        RayganError, match=r"bad.yaml: unknown config key 'gan.d_stesp'; did you mean"
+    ):
         load_yaml_overrides(str(path))
     path.write_text("- a list\n")
     with pytest.raises(RayganError, match="must hold a mapping"):
@@ -32,7 +34,10 @@ def test_yaml_with_unknown_key_is_named(tmp_path):
     ("argv", "message"),
     [
         (["config", "d_steps=x"], "config key 'd_steps' expects int, got 'x'"),
-        (["config", "estimator=adam"], "estimator must be one of gumbel, rollout, dense; got 'adam'"),
+        (
+            ["config", "estimator=adam"],
+            "estimator must be one of gumbel, rollout, dense; got 'adam'",
+        ),
         (["config", "novalue"], "override 'novalue' is not of the form key=value"),
         (["sample", "--checkpoint", "/nonexistent"], "/nonexistent holds no checkpoint"),
     ],

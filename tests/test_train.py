@@ -254,7 +254,21 @@ def test_text_corpus_trains_and_reports_bleu(tmp_path):
     Self-BLEU-4 against the held-out split, decoded samples."""
     from raygan.data import prepare_text
 
-    words = "a man woman dog cat sits on the red blue bench near tree".split()
+    words = [
+        "a",
+        "man",
+        "woman",
+        "dog",
+        "cat",
+        "sits",
+        "on",
+        "the",
+        "red",
+        "blue",
+        "bench",
+        "near",
+        "tree",
+    ]
     rng = torch.Generator().manual_seed(0)
     lines = [
         " ".join(words[i] for i in torch.randint(0, len(words), (int(n),), generator=rng).tolist())
@@ -262,7 +276,9 @@ def test_text_corpus_trains_and_reports_bleu(tmp_path):
     ]
     (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
     data = str(tmp_path / "data")
-    prepare_text([str(tmp_path / "corpus.txt")], data, max_len=10, test_fraction=0.2, progress=False)
+    prepare_text(
+        [str(tmp_path / "corpus.txt")], data, max_len=10, test_fraction=0.2, progress=False
+    )
     overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout"}
     config = resolve_config(data, overrides)
     assert config.model.eos_id is not None and config.model.max_len == 10
