@@ -31,6 +31,7 @@ def _add_evaluate(sub) -> None:
 
     add_oracle_arguments(o)
     o.add_argument("--out", help="write the results as JSON here")
+    o.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
@@ -57,6 +58,7 @@ def _add_train(sub) -> None:
     p.add_argument("--config", help="YAML file of config keys (nested sections or flat keys)")
     p.add_argument("--fresh", action="store_true", help="discard a previous run in RUN_DIR")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
@@ -101,6 +103,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_sample)
 
 
 def _run_sample(args) -> int:
@@ -145,6 +148,7 @@ def _add_config(sub) -> None:
     )
     p.add_argument("--data", help="resolve vocab, max_len and special ids from this prepared data")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(run=_run_config)
 
 
 def _run_config(args) -> int:
@@ -169,6 +173,7 @@ def _add_demo(sub) -> None:
         help="the whole pipeline on generated data: prepare -> train (2 Ray workers) -> samples",
     )
     p.add_argument("--out", default="demo_out", help="where data, run and checkpoints go")
+    p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args) -> int:
@@ -200,34 +205,26 @@ def _add_prepare(sub) -> None:
         description="Turn UTF-8 text (one sentence per line) or oracle samples into Parquet shards.",
     )
     add_prepare_arguments(p)
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from raygan.data import run_prepare
+
+    return run_prepare(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "prepare":
-            from raygan.data import run_prepare
-
-            return run_prepare(args)
-        if args.command == "train":
-            return _run_train(args)
-        if args.command == "sample":
-            return _run_sample(args)
-        if args.command == "evaluate":
-            return _run_evaluate(args)
-        if args.command == "demo":
-            return _run_demo(args)
-        if args.command == "config":
-            return _run_config(args)
+        return args.run(args)
     except RayganError as exc:
         print(f"raygan: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raygan: interrupted", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command!r}")
-    return 2
 
 
 if __name__ == "__main__":
