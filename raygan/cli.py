@@ -107,37 +107,28 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-    import torch
-
-    from raygan.checkpoint import load_generator, resolve_checkpoint_dir
-    from raygan.data import load_codec
+    from raygan.sampling import (
+        SampleRequest,
+        check_sampling,
+        encode_prefix,
+        load_model,
+        sample_batch,
+    )
 
     if args.num < 1:
         raise RayganError(f"-n must be >= 1, got {args.num}")
-    if not 0 < args.temperature <= 10:
-        raise RayganError(f"--temperature must be in (0, 10], got {args.temperature}")
-    if not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise RayganError(
-            f"--top-p must be in (0, 1] and --top-k >= 0; got {args.top_p}, {args.top_k}"
-        )
-    directory = resolve_checkpoint_dir(args.checkpoint)
-    gen, _config, _ = load_generator(directory)
-    codec = load_codec(str(directory))
-    prefix = None
-    if args.prefix:
-        ids, unknown = codec.encode_with_unknown(args.prefix)
-        if unknown:
-            print(
-                f"# unknown words mapped to the unknown token: {', '.join(unknown)}",
-                file=sys.stderr,
-            )
-        prefix = torch.tensor([ids] * args.num, dtype=torch.long)
-    samples = gen.sample(
-        args.num, generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, prefix_BP=prefix,
+    check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    model = load_model(args.checkpoint)
+    ids, unknown = encode_prefix(model, args.prefix or "", model.max_len)
+    if unknown:
+        print(f"# unknown words mapped to the unknown token: {', '.join(unknown)}", file=sys.stderr)
+    request = SampleRequest(
+        num=args.num, max_tokens=model.max_len, seed=args.seed, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, prefix_ids=tuple(ids),
     )  # fmt: skip
-    for row in samples.tokens_BT.tolist():
-        print(codec.decode(row))
+    [result] = sample_batch(model, [request])
+    for text in result.texts:
+        print(text)
     return 0
 
 

@@ -22,23 +22,36 @@ State = tuple[Tensor, Tensor]  # (h_LBH, c_LBH)
 
 
 class RowStreams:
-    """Random streams for a batch whose rows are split into equal consecutive groups.
+    """Random streams for a batch whose rows are split into consecutive groups.
 
     Group g's rows are drawn from its own torch.Generator, so a batch sampled by one process with
     streams [s0, s1] equals the concatenation of two workers' halves sampled with [s0] and [s1]:
-    data-parallel training can then be checked number for number against one process.
+    data-parallel training can then be checked number for number against one process. Groups are
+    equal unless `sizes` says otherwise: a served batch gives each request its own seeded stream
+    and its own number of rows, so a request draws the same numbers alone or batched.
     """
 
-    def __init__(self, generators: list[torch.Generator]):
+    def __init__(self, generators: list[torch.Generator], sizes: list[int] | None = None):
         assert generators, "RowStreams needs at least one generator"
+        assert sizes is None or len(sizes) == len(generators), "one size per generator"
         self.generators = generators
+        self.sizes = sizes
 
     def _draw(self, fn, rows: int, cols: tuple[int, ...], device) -> Tensor:
         groups = len(self.generators)
-        if rows % groups:
-            raise RayganError(f"{rows} rows cannot be split into {groups} equal random streams")
-        size = rows // groups
-        return torch.cat([fn((size, *cols), generator=g, device=device) for g in self.generators])
+        if self.sizes is None:
+            if rows % groups:
+                raise RayganError(f"{rows} rows cannot be split into {groups} equal random streams")
+            sizes = [rows // groups] * groups
+        else:
+            sizes = self.sizes
+            assert sum(sizes) == rows, f"streams cover {sum(sizes)} rows, the draw has {rows}"
+        return torch.cat(
+            [
+                fn((size, *cols), generator=g, device=device)
+                for g, size in zip(self.generators, sizes, strict=True)
+            ]
+        )
 
     def rand(self, rows: int, *cols: int, device=None) -> Tensor:
         return self._draw(torch.rand, rows, cols, device)
