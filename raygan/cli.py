@@ -4,6 +4,8 @@ raygan prepare --input corpus.txt --out data/           # text -> tokenizer + Pa
 raygan prepare --oracle random --num-samples 10000 --out data/
 raygan train --data data/ --out runs/a num_workers=2 estimator=rollout d_steps=3
 raygan sample --checkpoint runs/a -n 5 --temperature 0.8
+raygan serve --checkpoint tunes/a/best --port 8000      # HTTP on 127.0.0.1 (Ray Serve); Ctrl-C stops
+raygan generate --url http://127.0.0.1:8000 -n 3 --prefix "a man"
 raygan evaluate oracle --oracle-path target_params.npz  # MLE + each estimator, one process
 """
 
@@ -132,6 +134,106 @@ def _run_sample(args) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over HTTP: Ray Serve + FastAPI, dynamic batching",
+        description="POST /generate {n, max_tokens, temperature, top_k, top_p, prefix, seed}, "
+        "GET /healthz, GET /metadata. Runs until Ctrl-C, then shuts Serve down. Running it "
+        "again against the same Serve (RAY_ADDRESS) swaps the checkpoint without failing requests.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint dir, or a RUN_DIR (final/) or TUNE_DIR (best/)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind; 0.0.0.0 opens it to the network"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--replicas", type=int, help="fixed replica count (default: autoscale from 1 to 2)"
+    )
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="requests per batched pass; 1 turns batching off",
+    )
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import time
+
+    from raygan.serve import shutdown_server, start_server
+
+    if not 0 < args.port < 65536:
+        raise RayganError(f"--port must be in [1, 65535], got {args.port}")
+    if args.replicas is not None and args.replicas < 1:
+        raise RayganError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.num_cpus < 0 or args.max_batch_size < 1:
+        raise RayganError(
+            f"--num-cpus must be >= 0 and --max-batch-size >= 1; got {args.num_cpus}, {args.max_batch_size}"
+        )
+    url = start_server(
+        args.checkpoint, host=args.host, port=args.port, replicas=args.replicas,
+        num_cpus=args.num_cpus, max_batch_size=args.max_batch_size,
+    )  # fmt: skip
+    print(
+        f"serving {args.checkpoint} at {url}: POST /generate, GET /healthz, GET /metadata",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting Serve down", file=sys.stderr)
+        shutdown_server()
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="ask a running `raygan serve` for samples")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="where `raygan serve` listens")
+    p.add_argument("-n", "--num", type=int, default=1)
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="tokens per sample, prefix included (default: the model's max)",
+    )
+    p.add_argument("--prefix", default="", help="text the samples start with")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="reproducible samples (default: the server draws one)")
+    p.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from raygan.client import generate
+
+    response = generate(
+        args.url, n=args.num, max_tokens=args.max_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, prefix=args.prefix, seed=args.seed,
+        timeout=args.timeout,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(response, indent=2))
+        return 0
+    for text in response["samples"]:
+        print(text)
+    if response["unknown_words"]:
+        unknown = ", ".join(response["unknown_words"])
+        print(f"# unknown words mapped to the unknown token: {unknown}", file=sys.stderr)
+    model = response["model"]
+    print(f"# seed {response['seed']}; {model['checkpoint']} step {model['step']}", file=sys.stderr)
+    return 0
+
+
 def _add_config(sub) -> None:
     p = sub.add_parser(
         "config",
@@ -181,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_train(sub)
     _add_sample(sub)
+    _add_serve(sub)
+    _add_generate(sub)
     _add_evaluate(sub)
     _add_config(sub)
     _add_demo(sub)

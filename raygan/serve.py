@@ -1,0 +1,311 @@
+"""Ray Serve: a generator checkpoint behind a FastAPI HTTP endpoint, with dynamic batching.
+
+    raygan serve --checkpoint tunes/a/best --port 8000            # blocks; Ctrl-C shuts Serve down
+    serve run raygan.serve:app_builder checkpoint=/abs/path/to/best   # Serve's own CLI
+    serve deploy cluster/serve.yaml                                   # a running cluster
+
+POST /generate {n, max_tokens, temperature, top_k, top_p, prefix, seed}
+    -> {samples, tokens, lengths, seed, unknown_words, batch_requests,
+        model: {checkpoint, step, metric}}
+GET /healthz, GET /metadata (config, vocab size, limits, the checkpoint's metrics).
+
+The only module that calls ray.serve; the sampling itself is raygan.sampling, shared with
+`raygan sample`. Concurrent requests are collected by `@serve.batch` and sampled together, each
+from its own seeded random stream, so a request's tokens do not depend on its batch. The
+checkpoint lives in the deployment's user_config. Deploying a new one (`start_server` again, or
+a config with new `args`) replaces the replicas one at a time: a new replica is up before an old
+one stops, and the old one finishes its requests (max_surge_percent, graceful shutdown). A
+config that changes only the deployment's `user_config` swaps the model inside the running
+replicas (`reconfigure`). Either way no request fails.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and
+# under Serve's ingress wrapper string annotations are not resolved (the body became a query).
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from raygan.errors import RayganError
+from raygan.sampling import (
+    MAX_TEMPERATURE,
+    SEED_LIMIT,
+    SampleRequest,
+    SampleResult,
+    ServedModel,
+    draw_seed,
+    encode_prefix,
+    load_model,
+    sample_batch,
+)
+
+APP_NAME = "raygan"
+MAX_N = 64  # rows per request
+MAX_PREFIX_CHARS = 4096
+MAX_BATCH_SIZE = 32  # requests per batched pass; 32 concurrent clients fill one
+BATCH_WAIT_S = 0.005  # how long a batch waits to fill: a 20-token pass takes ~5-15 ms here
+MAX_ONGOING_FLOOR = 64  # per replica: a full batch computing plus the next one queueing
+AUTOSCALING = {  # replicas=None: scale on queued requests
+    "min_replicas": 1,
+    "max_replicas": 2,  # the project's 2-CPU machine; raise on a cluster
+    "upscale_delay_s": 10.0,
+    "downscale_delay_s": 300.0,
+}
+
+
+# -- HTTP schema ----------------------------------------------------------------------------------
+class GenerateRequest(BaseModel):
+    """Body of POST /generate; every limit violated is a 422 naming the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, ge=1, le=MAX_N, description="samples to draw")
+    max_tokens: int | None = Field(
+        None, ge=1, description="tokens per sample, prefix included; default and maximum: "
+        "the model's max length",
+    )  # fmt: skip
+    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE, description="softmax temperature")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 keeps all")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 keeps all")
+    prefix: str = Field(
+        "", max_length=MAX_PREFIX_CHARS, description="text every sample starts with"
+    )
+    seed: int | None = Field(
+        None, ge=0, lt=SEED_LIMIT, description="same seed and settings, same samples; "
+        "drawn (and returned) when absent",
+    )  # fmt: skip
+
+
+class ModelInfo(BaseModel):
+    checkpoint: str
+    step: int | None
+    metric: dict[str, Any]
+
+
+class GenerateResponse(BaseModel):
+    samples: list[str]
+    tokens: list[list[int]] = Field(description="n rows of max_tokens ids (PAD after EOS)")
+    lengths: list[int] = Field(description="ids of each row up to and including EOS")
+    seed: int
+    unknown_words: list[str] = Field(description="prefix words mapped to the unknown token")
+    batch_requests: int = Field(description="requests sampled in the same batched pass")
+    model: ModelInfo
+
+
+def _invalid(field: str, message: str, value: Any) -> RequestValidationError:
+    """The 422 FastAPI gives a failed field check, for checks that need the model."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": value}]
+    )
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: metrics that hold one are reported as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def to_sample_request(model: ServedModel, body: GenerateRequest) -> tuple[SampleRequest, list[str]]:
+    """Validate the fields that depend on the model and build the sampling request."""
+    max_tokens = model.max_len if body.max_tokens is None else body.max_tokens
+    if max_tokens > model.max_len:
+        raise _invalid(
+            "max_tokens", f"must be <= the model's max length {model.max_len}", body.max_tokens
+        )
+    try:
+        ids, unknown = encode_prefix(model, body.prefix, max_tokens)
+    except RayganError as exc:
+        raise _invalid("prefix", str(exc), body.prefix) from None
+    request = SampleRequest(
+        num=body.n, max_tokens=max_tokens, seed=draw_seed() if body.seed is None else body.seed,
+        temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, prefix_ids=tuple(ids),
+    )  # fmt: skip
+    return request, unknown
+
+
+def _sample_by_model(
+    models: list[ServedModel], requests: list[SampleRequest]
+) -> list[SampleResult]:
+    """A batch may straddle a model swap: each request runs on the model that validated it."""
+    results: list[SampleResult | None] = [None] * len(requests)
+    for model in {id(m): m for m in models}.values():
+        members = [i for i, m in enumerate(models) if m is model]
+        for i, result in zip(
+            members, sample_batch(model, [requests[i] for i in members]), strict=True
+        ):
+            results[i] = result
+    return results  # type: ignore[return-value]
+
+
+# -- the deployment ---------------------------------------------------------------------------------
+api = FastAPI(title="raygan", description="Samples from an adversarially trained LSTM generator.")
+
+
+# [1] a Serve deployment whose HTTP ingress is the FastAPI app above
+@serve.deployment(
+    max_ongoing_requests=MAX_ONGOING_FLOOR,
+    ray_actor_options={"num_cpus": 1},
+    max_surge_percent=1,  # a swap starts one new replica before it stops an old one
+    graceful_shutdown_wait_loop_s=0.5,  # a stopping replica checks this often for drained requests
+    graceful_shutdown_timeout_s=30,  # ... and is killed after this long however many are left
+)
+@serve.ingress(api)
+class GeneratorServer:
+    """One replica: the model named by user_config["checkpoint"], batched sampling."""
+
+    def __init__(self, torch_threads: int = 1):
+        torch.set_num_threads(torch_threads)  # one replica per CPU: no oversubscription
+        self.model: ServedModel | None = None
+        self.batching = {"max_batch_size": MAX_BATCH_SIZE, "batch_wait_timeout_s": BATCH_WAIT_S}
+
+    # [2] called with user_config at start and on every change of it (a new checkpoint)
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        checkpoint = user_config["checkpoint"]
+        if self.model is None or self.model.directory != str(Path(checkpoint).resolve()):
+            self.model = load_model(checkpoint)  # one assignment: in-flight batches keep the old
+        self.batching = {
+            "max_batch_size": int(user_config.get("max_batch_size", MAX_BATCH_SIZE)),
+            "batch_wait_timeout_s": float(user_config.get("batch_wait_timeout_s", BATCH_WAIT_S)),
+        }
+        self._generate_batch.set_max_batch_size(self.batching["max_batch_size"])
+        self._generate_batch.set_batch_wait_timeout_s(self.batching["batch_wait_timeout_s"])
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("no model loaded")
+
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model": _finite(self.model.describe())}
+
+    @api.get("/metadata")
+    def metadata(self) -> dict[str, Any]:
+        model = self.model
+        return _finite({
+            "model": model.describe(),
+            "vocab_size": model.config.model.vocab_size,
+            "max_len": model.max_len,
+            "corpus": "oracle" if model.codec.tokenizer is None else "text",
+            "config": model.config.to_dict(),
+            "metrics": model.meta.get("metrics", {}),
+            "phase": model.meta.get("phase"),
+            "limits": {"n": MAX_N, "max_tokens": model.max_len, "temperature": MAX_TEMPERATURE,
+                       "prefix_chars": MAX_PREFIX_CHARS},
+            "batching": self.batching,
+        })  # fmt: skip
+
+    @api.post("/generate")
+    async def generate(self, body: GenerateRequest) -> GenerateResponse:
+        model = self.model
+        request, unknown = to_sample_request(model, body)
+        result, batch_requests = await self._generate_batch(model, request)
+        return GenerateResponse(
+            samples=result.texts, tokens=result.tokens, lengths=result.lengths,
+            seed=request.seed, unknown_words=unknown, batch_requests=batch_requests,
+            model=ModelInfo(**_finite(model.describe())),
+        )  # fmt: skip
+
+    # [3] dynamic batching: concurrent calls arrive here as lists, one pass samples them all
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def _generate_batch(
+        self, models: list[ServedModel], requests: list[SampleRequest]
+    ) -> list[tuple[SampleResult, int]]:
+        # torch releases the GIL: the event loop keeps accepting (and queueing) requests
+        results = await asyncio.to_thread(_sample_by_model, models, requests)
+        return [(result, len(requests)) for result in results]
+
+
+# -- building and running the application ----------------------------------------------------------
+def build_app(
+    checkpoint: str,
+    *,
+    replicas: int | None = None,
+    num_cpus: float = 1.0,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    batch_wait_timeout_s: float = BATCH_WAIT_S,
+    torch_threads: int = 1,
+):
+    """The Serve application for `checkpoint`: `replicas` fixed replicas, or autoscaling (None)."""
+    options: dict[str, Any] = {
+        "user_config": {
+            "checkpoint": str(checkpoint),
+            "max_batch_size": max_batch_size,
+            "batch_wait_timeout_s": batch_wait_timeout_s,
+        },
+        "max_ongoing_requests": max(MAX_ONGOING_FLOOR, 2 * max_batch_size),
+        "ray_actor_options": {"num_cpus": num_cpus},
+    }
+    if replicas is None:
+        options["autoscaling_config"] = {**AUTOSCALING, "target_ongoing_requests": max_batch_size}
+    else:
+        options["num_replicas"] = replicas
+    return GeneratorServer.options(**options).bind(torch_threads=torch_threads)
+
+
+class ServeArgs(BaseModel):
+    """Arguments of `app_builder` (`serve run raygan.serve:app_builder checkpoint=...` or the
+    `args:` of an application in a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+    replicas: int | None = Field(None, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    max_batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(BATCH_WAIT_S, ge=0)
+    torch_threads: int = Field(1, ge=1)
+
+
+def app_builder(args: dict[str, Any]):
+    """Application builder for Serve's CLI and config files; the checkpoint is loaded here once
+    so that a bad path fails now, not in every replica."""
+    options = ServeArgs.model_validate(args)
+    model = load_model(options.checkpoint)
+    return build_app(model.directory, **options.model_dump(exclude={"checkpoint"}))
+
+
+def start_server(
+    checkpoint: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int | None = None,
+    num_cpus: float = 1.0,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    batch_wait_timeout_s: float = BATCH_WAIT_S,
+    access_log: bool = False,
+) -> str:
+    """Serve `checkpoint` over HTTP on host:port and return the URL once it answers.
+
+    Called again while Serve runs, it deploys the new checkpoint in place of the old one (the
+    running Serve keeps its host and port); requests in flight complete. A checkpoint that does
+    not load raises RayganError before Serve starts. Binds 127.0.0.1 unless told otherwise.
+    """
+    from raygan.ray_env import ensure_ray
+
+    model = load_model(checkpoint)
+    ensure_ray()
+    # [4] one HTTP proxy, on the head node: 127.0.0.1 is only reachable there anyway
+    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+    app = build_app(
+        model.directory, replicas=replicas, num_cpus=num_cpus, max_batch_size=max_batch_size,
+        batch_wait_timeout_s=batch_wait_timeout_s,
+    )  # fmt: skip
+    # per-request access logs cost the replica and the proxy ~1 ms each: off unless asked
+    logging_config = {"enable_access_log": access_log, "log_level": "WARNING"}
+    serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
+    return f"http://{host}:{port}"
+
+
+def shutdown_server() -> None:
+    """Stop every Serve application, its replicas and its proxy (Ray itself keeps running)."""
+    serve.shutdown()

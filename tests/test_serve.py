@@ -1,0 +1,350 @@
+"""Serving: real HTTP on 127.0.0.1 against one Serve application on the session's Ray cluster.
+
+The application starts once for the module (Serve takes ~10 s to come up) on a free port, with a
+tiny text checkpoint, and is shut down by the last test. Sampling's batch-independence is also
+checked in-process, without Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from raygan.checkpoint import copy_checkpoint
+from raygan.cli import main as cli_main
+from raygan.errors import RayganError
+from raygan.models import Generator
+from raygan.sampling import SampleRequest, ServedModel, load_model, sample_batch
+from tests.conftest import TINY_TRAIN
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = [
+    "a",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "sits",
+    "on",
+    "the",
+    "red",
+    "blue",
+    "bench",
+    "near",
+    "tree",
+]
+MAX_LEN = 10
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[str, str]:
+    """Two checkpoints (steps 2 and 4) of a tiny generator on a text corpus, trained in-process."""
+    from raygan.data import prepare_text
+    from raygan.loop import WorkerContext, train_loop
+    from raygan.train import resolve_config
+
+    root = tmp_path_factory.mktemp("serve")
+    rng = torch.Generator().manual_seed(0)
+    lines = [
+        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (int(n),), generator=rng).tolist())
+        for n in torch.randint(3, 9, (200,), generator=rng)
+    ]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
+    data = str(root / "data")
+    prepare_text(
+        [str(root / "corpus.txt")], data, max_len=MAX_LEN, test_fraction=0.2, progress=False
+    )
+    overrides = {**TINY_TRAIN, "num_workers": 1, "mle_steps": 4, "d_pretrain_steps": 0,
+                 "adv_steps": 0, "checkpoint_every": 2, "eval_every": 4, "eval_samples": 16}  # fmt: skip
+    config = resolve_config(data, overrides)
+    saved: dict[int, str] = {}
+
+    def report(metrics, directory):
+        saved[metrics["step"]] = str(copy_checkpoint(directory, root / f"step{metrics['step']}"))
+
+    train_loop({"config": config.to_dict(), "data_dir": data, "run_dir": None},
+               WorkerContext(report=report))  # fmt: skip
+    return saved[2], saved[4]
+
+
+# -- sampling, in-process -------------------------------------------------------------------------
+def _mixed_requests() -> list[SampleRequest]:
+    """Two groups with unequal row counts, max_tokens and prefixes; two singleton groups."""
+    return [
+        SampleRequest(num=3, max_tokens=MAX_LEN, seed=1, temperature=0.7, prefix_ids=(4, 5)),
+        SampleRequest(num=1, max_tokens=6, seed=2, temperature=0.7, prefix_ids=(6, 7)),
+        SampleRequest(num=2, max_tokens=4, seed=3),
+        SampleRequest(num=4, max_tokens=MAX_LEN, seed=4),
+        SampleRequest(num=2, max_tokens=MAX_LEN, seed=1, top_k=3, top_p=0.9),
+        SampleRequest(num=1, max_tokens=5, seed=5, temperature=2.0, prefix_ids=(4,)),
+    ]
+
+
+@pytest.mark.parametrize("z_dim", [0, 3])
+def test_requests_sample_alike_alone_and_batched(checkpoints, z_dim):
+    model = load_model(checkpoints[0])
+    if z_dim:  # a latent z per row: its draws come from the request's stream too
+        config = dataclasses.replace(
+            model.config, model=dataclasses.replace(model.config.model, z_dim=z_dim)
+        )
+        model = ServedModel(Generator(config.model).eval(), model.codec, config, model.meta, "z")
+    requests = _mixed_requests()
+    batched = sample_batch(model, requests)
+    for request, result in zip(requests, batched, strict=True):
+        [alone] = sample_batch(model, [request])
+        assert result == alone
+        assert len(result.tokens) == request.num
+        assert all(len(row) == request.max_tokens for row in result.tokens)
+        assert all(
+            row[: len(request.prefix_ids)] == list(request.prefix_ids) for row in result.tokens
+        )
+    assert (
+        batched[0].tokens
+        != sample_batch(model, [dataclasses.replace(requests[0], seed=9)])[0].tokens
+    )
+
+
+def test_serve_config_validates_offline():
+    from ray.serve.schema import ServeDeploySchema
+
+    from raygan.serve import GeneratorServer, ServeArgs
+
+    config = yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    assert schema.http_options.host == "127.0.0.1"
+    [app] = schema.applications
+    assert app.import_path == "raygan.serve:app_builder"
+    args = ServeArgs.model_validate(app.args)  # every arg is one the builder takes
+    [deployment] = app.deployments
+    assert deployment.name == GeneratorServer.name
+    assert deployment.max_ongoing_requests >= args.max_batch_size
+    assert deployment.autoscaling_config["max_replicas"] >= 1
+
+
+def test_bad_checkpoint_fails_before_serve_starts(monkeypatch, capsys):
+    from raygan import serve as raygan_serve
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Serve was started for a checkpoint that does not load")
+
+    monkeypatch.setattr(raygan_serve.serve, "start", refuse)
+    monkeypatch.setattr(raygan_serve.serve, "run", refuse)
+    assert cli_main(["serve", "--checkpoint", "/nonexistent/ckpt"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "raygan: error: /nonexistent/ckpt holds no checkpoint (state.pt not found, nor final/ "
+        "or best/)\n"
+    )
+    with pytest.raises(RayganError, match="holds no checkpoint"):
+        raygan_serve.app_builder({"checkpoint": "/nonexistent/ckpt"})
+
+
+def test_unreachable_server_is_a_one_line_error(capsys):
+    assert (
+        cli_main(["generate", "--url", f"http://127.0.0.1:{_free_port()}", "--timeout", "5"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("raygan: error: cannot reach http://127.0.0.1:") and err.count("\n") == 1
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SERVE_OPTIONS = {"replicas": 1, "num_cpus": 0.5, "batch_wait_timeout_s": 0.05}  # 0.5: fits 2 CPUs
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, checkpoints):
+    from raygan.serve import shutdown_server, start_server
+
+    started = time.monotonic()
+    url = start_server(checkpoints[0], port=_free_port(), **SERVE_OPTIONS)
+    print(f"Serve up in {time.monotonic() - started:.1f} s at {url}")
+    try:
+        yield url
+    finally:
+        shutdown_server()
+
+
+def _post(url: str, body: dict, path: str = "/generate") -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _get(url: str, path: str) -> dict:
+    with urllib.request.urlopen(url + path, timeout=30) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def test_generate_returns_text_and_ids_of_the_asked_length(server, checkpoints):
+    codec = load_model(checkpoints[0]).codec
+    for max_tokens in (3, MAX_LEN):
+        status, out = _post(server, {"n": 4, "max_tokens": max_tokens, "seed": 0})
+        assert status == 200, out
+        assert len(out["samples"]) == len(out["tokens"]) == len(out["lengths"]) == 4
+        assert all(len(row) == max_tokens for row in out["tokens"])
+        assert out["samples"] == [codec.decode(row) for row in out["tokens"]]
+        assert all(1 <= length <= max_tokens for length in out["lengths"])
+    assert out["model"]["checkpoint"] == str(Path(checkpoints[0]).resolve())
+    assert out["model"]["step"] == 2 and out["model"]["metric"]["name"] == "nll_test"
+
+    status, out = _post(server, {"n": 2, "prefix": "a zebra sits", "seed": 1, "max_tokens": 5})
+    assert status == 200, out
+    assert out["unknown_words"] == ["zebra"]
+    prefix_ids = codec.encode("a zebra sits")
+    assert all(row[:3] == prefix_ids for row in out["tokens"])
+    assert all(text.startswith("a <unk> sits") for text in out["samples"])
+
+
+def test_seed_reproduces_and_is_returned_when_drawn(server):
+    body = {"n": 3, "temperature": 1.5, "top_k": 5}
+    first, second = _post(server, {**body, "seed": 7})[1], _post(server, {**body, "seed": 7})[1]
+    assert first["tokens"] == second["tokens"] and first["seed"] == 7
+    drawn = _post(server, body)[1]
+    again = _post(server, {**body, "seed": drawn["seed"]})[1]
+    assert drawn["tokens"] == again["tokens"]
+
+
+def test_batched_request_equals_the_same_request_alone(server, checkpoints, capsys):
+    bodies = [
+        {"n": 1 + i % 3, "seed": 100 + i, "max_tokens": [MAX_LEN, 4, 7][i % 3],
+         "temperature": [1.0, 0.5][i % 2], "prefix": ["", "a man", "the dog"][i % 3]}
+        for i in range(12)
+    ]  # fmt: skip
+    alone = [_post(server, body)[1] for body in bodies]
+    assert all(out["batch_requests"] == 1 for out in alone)
+    barrier = threading.Barrier(len(bodies))
+
+    def together(body):
+        barrier.wait()
+        return _post(server, body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        batched = list(pool.map(together, bodies))
+    assert max(out["batch_requests"] for _, out in batched) > 1, "no two requests were batched"
+    for body, single, (status, out) in zip(bodies, alone, batched, strict=True):
+        assert status == 200, out
+        assert out["tokens"] == single["tokens"], body
+    # the served samples are `raygan sample`'s for the same checkpoint, seed and settings
+    assert cli_main(["sample", "--checkpoint", checkpoints[0], "-n", "2", "--seed", "101",
+                     "--prefix", "a man"]) == 0  # fmt: skip
+    served = _post(server, {"n": 2, "seed": 101, "prefix": "a man"})[1]
+    assert capsys.readouterr().out.splitlines() == served["samples"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n", 0), ("n", 65), ("n", "three"), ("max_tokens", 0), ("max_tokens", MAX_LEN + 1),
+     ("temperature", 0), ("temperature", 10.5), ("top_p", 0), ("top_p", 1.01), ("top_k", -1),
+     ("seed", -1), ("prefix", "a " * (MAX_LEN + 1)), ("prefix", "x" * 5000), ("colour", "red")],
+)  # fmt: skip
+def test_invalid_field_is_a_422_naming_it(server, field, value):
+    status, out = _post(server, {field: value})
+    assert status == 422, out
+    assert [error["loc"][-1] for error in out["detail"]] == [field]
+
+
+def test_healthz_and_metadata(server):
+    health = _get(server, "/healthz")
+    assert health["status"] == "ok" and health["model"]["step"] in (2, 4)
+    meta = _get(server, "/metadata")
+    assert meta["max_len"] == MAX_LEN and meta["corpus"] == "text"
+    assert meta["vocab_size"] == meta["config"]["model"]["vocab_size"] > len(WORDS)
+    assert meta["limits"]["n"] == 64 and meta["batching"]["max_batch_size"] == 32
+    assert meta["metrics"]["step"] == meta["model"]["step"] and meta["metrics"]["phase"] == "mle"
+
+
+def test_cli_generate(server, capsys):
+    assert (
+        cli_main(["generate", "--url", server, "-n", "2", "--seed", "3", "--prefix", "a cow"]) == 0
+    )
+    captured = capsys.readouterr()
+    served = _post(server, {"n": 2, "seed": 3, "prefix": "a cow"})[1]
+    assert captured.out.splitlines() == served["samples"]
+    assert "unknown token: cow" in captured.err and "# seed 3;" in captured.err
+    assert cli_main(["generate", "--url", server, "--temperature", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raygan: error: ") and "HTTP 422: temperature:" in err
+    assert err.count("\n") == 1
+
+
+def test_new_checkpoint_replaces_the_model_without_failing_requests(server, checkpoints):
+    from raygan.serve import start_server
+
+    stop, outcomes = threading.Event(), []
+
+    def hammer(seed):
+        while not stop.is_set():
+            try:
+                status, out = _post(server, {"n": 2, "seed": seed})
+                outcomes.append((time.monotonic(), status, out.get("model", {}).get("step")))
+            except Exception as exc:  # a dropped connection counts as a failure
+                outcomes.append((time.monotonic(), repr(exc), None))
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        swap_started = time.monotonic()
+        assert (
+            start_server(checkpoints[1], port=int(server.rsplit(":", 1)[1]), **SERVE_OPTIONS)
+            == server
+        )
+        swap_done = time.monotonic()
+        print(f"new checkpoint deployed in {swap_done - swap_started:.1f} s")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(step == 4 for *_, step in outcomes[-4:]):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failures = [o for o in outcomes if o[1] != 200]
+    assert not failures, failures[:5]
+    during = [o for o in outcomes if swap_started <= o[0] <= swap_done]
+    assert len(during) >= 4, "no request was answered while the new checkpoint was deployed"
+    steps = [step for *_, step in outcomes]
+    assert steps[0] == 2 and steps[-1] == 4
+    assert _get(server, "/healthz")["model"]["checkpoint"] == str(Path(checkpoints[1]).resolve())
+
+
+def test_shutdown_leaves_no_serve_actors(server):
+    import ray
+
+    from raygan.serve import shutdown_server
+
+    def serve_actors() -> list[str]:  # controller, proxy and replicas are named SERVE_*
+        named = ray.util.list_named_actors(all_namespaces=True)
+        return [a["name"] for a in named if a["name"].startswith("SERVE_")]
+
+    assert serve_actors()
+    shutdown_server()
+    deadline = time.monotonic() + 20
+    while serve_actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not serve_actors()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        _get(server, "/healthz")  # the port is closed
