@@ -1,0 +1,387 @@
+"""Serving speed of `raygan serve` over loopback HTTP: batching on vs off, a long load, a replica
+killed under load.
+
+    python scripts/bench_serve.py --markdown BENCHMARKS.md   # full run, ~5 minutes on 2 CPUs
+    python scripts/bench_serve.py --smoke-test               # tiny sizes: checks the script
+
+Model: SeqGAN oracle sizes (vocab 5000, G embed/hidden 32/32, 20 tokens), a few MLE steps on a
+random oracle's samples; the weights do not change the speed. Every request asks for one
+20-token sample (`{"n": 1, "max_tokens": 20, "seed": i}`) from one client process (aiohttp, one
+connection per concurrent client), all on 127.0.0.1. Sections, all in one run:
+  1. two applications side by side, one replica each, identical but for `max_batch_size`
+     (32: batching on; 1: batch-1 serving); for each concurrency the two are loaded in turn,
+     every cell bounded by a request count and a time limit;
+  2. a sustained load on a 2-replica application: `--sustained` requests at concurrency 32;
+  3. the same application under load while one replica actor is killed (`ray.kill`): failed
+     requests counted, time until Serve reports the replica replaced.
+Load from other processes on this shared 2-CPU machine slows every number: the load average
+is recorded at the start and end of each section, and the on/off ratio is taken within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from raygan.ray_env import ray_environment
+from raygan.report import markdown_table, replace_section
+
+BATCHED, UNBATCHED, LOADED = "batched", "unbatched", "loaded"
+LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
+SEQGAN_ORACLE = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/seqgan_oracle/target_params.npz"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    vocab: int = 5000
+    max_len: int = 20
+    g_dim: int = 32
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    cell_requests: int = 2000  # per (concurrency, batching) cell, after warm-up ...
+    cell_seconds: float = 20.0  # ... or this long, whichever comes first
+    warmup_requests: int = 64
+    sustained_requests: int = 10_000
+    sustained_seconds: float = 240.0
+    kill_requests: int = 4000
+    kill_seconds: float = 90.0
+    kill_after_s: float = 3.0  # into the kill load
+    max_batch_size: int = 32
+
+
+FULL = Sizes()
+SMOKE = Sizes(
+    vocab=50, max_len=8, g_dim=8, concurrency=(1, 4), cell_requests=40, cell_seconds=5.0,
+    warmup_requests=8, sustained_requests=200, sustained_seconds=30.0, kill_requests=300,
+    kill_seconds=30.0, kill_after_s=1.0,
+)  # fmt: skip
+
+
+# -- a checkpoint at serving sizes ----------------------------------------------------------------
+def make_checkpoint(work: Path, s: Sizes) -> str:
+    """A few MLE steps of G on a random oracle's samples, saved as a real checkpoint."""
+    from raygan.checkpoint import copy_checkpoint
+    from raygan.data import prepare_oracle
+    from raygan.loop import WorkerContext, train_loop
+    from raygan.train import resolve_config
+
+    data = work / "data"
+    prepare_oracle(str(data), oracle="random", num_samples=640, num_test=64, vocab_size=s.vocab,
+                   max_len=s.max_len, seed=0, progress=False)  # fmt: skip
+    overrides = {"num_workers": 1, "batch_size": 64, "mle_steps": 10, "d_pretrain_steps": 0,
+                 "adv_steps": 0, "eval_every": 10, "eval_samples": 64, "checkpoint_every": 10,
+                 "g_embed_dim": s.g_dim, "g_hidden_dim": s.g_dim}  # fmt: skip
+    config = resolve_config(str(data), overrides)
+    saved = []
+    ctx = WorkerContext(report=lambda m, d: saved.append(copy_checkpoint(d, work / "ckpt")))
+    train_loop({"config": config.to_dict(), "data_dir": str(data), "run_dir": None}, ctx)
+    return str(saved[-1])
+
+
+# -- the load generator ---------------------------------------------------------------------------
+async def load(
+    url: str, *, concurrency: int, requests: int, seconds: float, max_tokens: int, seed0: int = 0
+) -> dict:
+    """`concurrency` clients send requests back to back until `requests` were sent or `seconds`
+    passed; returns throughput, latency percentiles, batch sizes and every non-200 outcome."""
+    import aiohttp
+
+    latencies, batch_sizes, failures = [], [], {}
+    sent = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    started = time.perf_counter()
+    deadline = started + seconds
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client() -> None:
+            nonlocal sent
+            while sent < requests and time.perf_counter() < deadline:
+                body = {"n": 1, "max_tokens": max_tokens, "seed": seed0 + sent}
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url + "/generate", json=body) as response:
+                        status = response.status
+                        payload = await response.json() if status == 200 else None
+                except Exception as exc:  # a dropped connection is a failed request too
+                    status, payload = type(exc).__name__, None
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                    batch_sizes.append(payload["batch_requests"])
+                else:
+                    failures[str(status)] = failures.get(str(status), 0) + 1
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    return summarize(latencies, batch_sizes, failures, wall, concurrency)
+
+
+def summarize(latencies, batch_sizes, failures, wall, concurrency) -> dict:
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float | None:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3 if ordered else None
+
+    return {
+        "concurrency": concurrency, "ok": len(ordered), "failed": sum(failures.values()),
+        "failures": failures, "wall_s": wall, "requests_per_s": len(ordered) / wall,
+        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+        "max_ms": ordered[-1] * 1e3 if ordered else None,
+        "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else None,
+        "server_5xx": sum(n for k, n in failures.items() if k.startswith("5")),
+    }  # fmt: skip
+
+
+# -- Serve ----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def deploy(name: str, checkpoint: str, *, replicas: int, max_batch_size: int) -> None:
+    from ray import serve
+
+    from raygan.serve import build_app
+
+    # num_cpus 0.5: two apps and a replacement replica fit the 2 logical CPUs
+    app = build_app(checkpoint, replicas=replicas, num_cpus=0.5, max_batch_size=max_batch_size)
+    serve.run(app, name=name, route_prefix=f"/{name}", logging_config=LOGGING)
+
+
+def replica_names(app: str) -> list[str]:
+    import ray
+
+    return [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{app}#")
+    ]  # fmt: skip
+
+
+def running_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None:
+        return 0
+    return sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+
+
+def kill_during_load(base: str, s: Sizes) -> dict:
+    """Load the 2-replica app; kill one replica after kill_after_s; watch Serve replace it."""
+    import ray
+
+    watch: dict = {"events": []}
+
+    def killer() -> None:
+        time.sleep(s.kill_after_s)
+        before = set(replica_names(LOADED))
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed = time.perf_counter()
+        watch.update(victim=victim, killed_at=killed)
+        while time.perf_counter() - killed < s.kill_seconds:
+            running, names = running_replicas(LOADED), set(replica_names(LOADED))
+            if "detected_s" not in watch and running < len(before):
+                watch["detected_s"] = time.perf_counter() - killed  # Serve's status saw it
+            if running >= len(before) and names - before and victim not in names:
+                watch["replaced_s"] = time.perf_counter() - killed  # a new replica is RUNNING
+                watch["replacement"] = sorted(names - before)[0]
+                break
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer)
+    started = time.perf_counter()
+    thread.start()
+    result = asyncio.run(load(f"{base}/{LOADED}", concurrency=32, requests=s.kill_requests,
+                              seconds=s.kill_seconds, max_tokens=s.max_len, seed0=10**6))  # fmt: skip
+    thread.join()
+    result.update({k: v for k, v in watch.items() if k not in ("events", "killed_at")})
+    result["killed_after_s"] = watch.get("killed_at", started) - started
+    result["replicas_after"] = running_replicas(LOADED)
+    return result
+
+
+# -- the run --------------------------------------------------------------------------------------
+def machine() -> dict:
+    import ray
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+         if ln.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "ray": ray.__version__}  # fmt: skip
+
+
+def run(s: Sizes, work: Path) -> dict:
+    import ray
+    from ray import serve
+
+    result: dict = {"command": "python " + shlex.join(sys.argv), "sizes": dataclasses.asdict(s)}
+    result["machine"] = machine()
+    result["loadavg"] = {"start": os.getloadavg()}  # other work on the machine skews every number
+    t0 = time.perf_counter()
+    checkpoint = make_checkpoint(work, s)
+    result["checkpoint_s"] = time.perf_counter() - t0
+    ray.init(num_cpus=2, log_to_driver=True)
+    port = free_port()
+    t0 = time.perf_counter()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    deploy(BATCHED, checkpoint, replicas=1, max_batch_size=s.max_batch_size)
+    deploy(UNBATCHED, checkpoint, replicas=1, max_batch_size=1)
+    result["serve_up_s"] = time.perf_counter() - t0
+    base = f"http://127.0.0.1:{port}"
+    print(f"[1] batching on vs off at {base}; Serve up in {result['serve_up_s']:.1f} s", flush=True)
+    cells = []
+    for concurrency in s.concurrency:
+        for name, batching in ((BATCHED, "on"), (UNBATCHED, "off")):
+            common = {"concurrency": concurrency, "max_tokens": s.max_len}
+            asyncio.run(load(f"{base}/{name}", requests=s.warmup_requests, seconds=30, **common))
+            cell = asyncio.run(load(f"{base}/{name}", requests=s.cell_requests,
+                                    seconds=s.cell_seconds, seed0=1000, **common))  # fmt: skip
+            cell.update(batching=batching, loadavg=os.getloadavg()[0])
+            cells.append(cell)
+            print(f"  batching {batching:3s} c={concurrency:2d}: {cell['requests_per_s']:7.1f} "
+                  f"req/s, p50 {cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms, "
+                  f"mean batch {cell['mean_batch']:.1f}, failed {cell['failed']}", flush=True)  # fmt: skip
+    result["cells"] = cells
+    result["loadavg"]["after_cells"] = os.getloadavg()
+    serve.delete(BATCHED)
+    serve.delete(UNBATCHED)
+
+    print("[2] sustained load on 2 replicas", flush=True)
+    deploy(LOADED, checkpoint, replicas=2, max_batch_size=s.max_batch_size)
+    url = f"{base}/{LOADED}"
+    asyncio.run(
+        load(url, concurrency=32, requests=s.warmup_requests, seconds=30, max_tokens=s.max_len)
+    )
+    result["sustained"] = asyncio.run(load(url, concurrency=32, requests=s.sustained_requests,
+                                           seconds=s.sustained_seconds, max_tokens=s.max_len))  # fmt: skip
+    result["loadavg"]["after_sustained"] = os.getloadavg()
+    print(
+        "  " + json.dumps({k: result["sustained"][k] for k in ("ok", "failed", "requests_per_s")})
+    )
+
+    print("[3] a replica killed under load", flush=True)
+    result["kill"] = kill_during_load(base, s)
+    result["loadavg"]["end"] = os.getloadavg()
+    print("  " + json.dumps({k: result["kill"].get(k) for k in
+                             ("ok", "failed", "failures", "replaced_s", "replicas_after")}))  # fmt: skip
+    serve.shutdown()
+    ray.shutdown()
+    return result
+
+
+def cell_of(result: dict, batching: str, concurrency: int) -> dict:
+    return next(
+        c for c in result["cells"]
+        if c["batching"] == batching and c["concurrency"] == concurrency
+    )  # fmt: skip
+
+
+def goals(result: dict) -> list[list]:
+    top = max(result["sizes"]["concurrency"])
+    on, off = cell_of(result, "on", top), cell_of(result, "off", top)
+    ratio = on["requests_per_s"] / off["requests_per_s"]
+    sustained, kill = result["sustained"], result["kill"]
+    mark = {True: "yes", False: "**no**"}
+    return [
+        [f"req/s batching on / off, concurrency {top}", f"{ratio:.1f}x", ">= 10x", mark[ratio >= 10]],
+        [f"p99 latency, batching on, concurrency {top}", f"{on['p99_ms']:.0f} ms", "<= 100 ms",
+         mark[on["p99_ms"] <= 100]],
+        ["sustained: requests answered at concurrency 32 (5xx)",
+         f"{sustained['ok']:,} ({sustained['server_5xx']})", f">= {result['sizes']['sustained_requests']:,} (0)",
+         mark[sustained["ok"] >= result["sizes"]["sustained_requests"] and sustained["server_5xx"] == 0]],
+        ["replica killed under load: failed requests / replaced after",
+         f"{kill['failed']} / {kill.get('replaced_s', float('nan')):.1f} s", "counted; replaced",
+         mark[kill.get("replaced_s") is not None]],
+    ]  # fmt: skip
+
+
+def report_text(result: dict) -> str:
+    """The tables and their notes, for stdout and BENCHMARKS.md."""
+    m, s, loadavg = result["machine"], result["sizes"], result["loadavg"]
+    rows = [
+        [c["batching"], c["concurrency"], c["ok"], f"{c['requests_per_s']:,.1f}",
+         f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}", f"{c['mean_batch']:.1f}", c["failed"]]
+        for c in result["cells"]
+    ]  # fmt: skip
+    sustained, kill = result["sustained"], result["kill"]
+    for label, r in (("sustained, 2 replicas", sustained), ("replica killed, 2 replicas", kill)):
+        rows.append([label, r["concurrency"], r["ok"], f"{r['requests_per_s']:,.1f}",
+                     f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_batch']:.1f}",
+                     r["failed"]])  # fmt: skip
+    header = ["batching", "concurrency", "answered", "req/s", "p50 ms", "p99 ms", "mean batch",
+              "failed"]  # fmt: skip
+    lines = [
+        f"Model: vocab {s['vocab']}, G {s['g_dim']}/{s['g_dim']}, {s['max_len']}-token samples, "
+        f"one per request. Machine: {m['cpu']}, {m['cpus']} CPUs, Ray {m['ray']}, torch "
+        f"{m['torch']}; replicas run torch with 1 thread. Load average (1 min) at start "
+        f"{loadavg['start'][0]:.1f}, after the on/off cells {loadavg['after_cells'][0]:.1f}, at "
+        f"the end {loadavg['end'][0]:.1f}.",
+        "",
+        markdown_table(header, rows),
+        "",
+        markdown_table(["goal", "measured", "target", "met"], goals(result)),
+        "",
+        f"Batching on: max_batch_size {s['max_batch_size']}, batch_wait_timeout_s 0.005; off: "
+        "max_batch_size 1, everything else equal. Each on/off cell: up to "
+        f"{s['cell_requests']:,} requests or {s['cell_seconds']:.0f} s after "
+        f"{s['warmup_requests']} warm-up requests. Replica killed "
+        f"{kill['killed_after_s']:.1f} s into the load; Serve saw it gone after "
+        f"{kill.get('detected_s', float('nan')):.1f} s; failures by kind: "
+        f"{json.dumps(kill['failures']) if kill['failures'] else 'none'}.",
+        f"Command: `{result['command']}`; total {result['total_s']:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/serve.json"))
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, ~1 minute")
+    parser.add_argument("--markdown", type=Path, help="also write the tables into BENCHMARKS.md")
+    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
+    args = parser.parse_args()
+    if args.from_json:
+        replace_section(args.markdown, "serve", report_text(json.loads(args.from_json.read_text())))
+        return 0
+    ray_environment()  # RAY_USAGE_STATS_ENABLED=0, RAY_AUTH_MODE=disabled
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rgs-", dir="/tmp")  # short socket paths
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+            result = run(SMOKE if args.smoke_test else FULL, Path(tmp))
+    finally:
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+    result["total_s"] = time.perf_counter() - started
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(report_text(result))
+    if args.markdown:
+        replace_section(args.markdown, "serve", report_text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
