@@ -132,6 +132,21 @@ def test_serve_config_validates_offline():
     assert deployment.autoscaling_config["max_replicas"] >= 1
 
 
+def test_app_builder_takes_serve_run_arguments(checkpoints):
+    from pydantic import ValidationError
+    from ray.serve import Application
+
+    from raygan.serve import app_builder
+
+    # `serve run raygan.serve:app_builder checkpoint=... replicas=1` passes strings
+    app = app_builder({"checkpoint": checkpoints[0], "replicas": "1", "num_cpus": "0.5"})
+    assert isinstance(app, Application)
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        app_builder({"checkpoint": checkpoints[0], "max_batch_size": "0"})
+    with pytest.raises(ValidationError, match="replica"):
+        app_builder({"checkpoint": checkpoints[0], "replica": "2"})
+
+
 def test_bad_checkpoint_fails_before_serve_starts(monkeypatch, capsys):
     from raygan import serve as raygan_serve
 
