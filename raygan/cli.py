@@ -3,6 +3,7 @@
 raygan prepare --input corpus.txt --out data/           # text -> tokenizer + Parquet shards
 raygan prepare --oracle random --num-samples 10000 --out data/
 raygan train --data data/ --out runs/a num_workers=2 estimator=rollout d_steps=3
+raygan tune --space tune_spaces/pbt_oracle.yaml --data data/ --out tunes/a init_from=runs/a/final
 raygan sample --checkpoint runs/a -n 5 --temperature 0.8
 raygan serve --checkpoint tunes/a/best --port 8000      # HTTP on 127.0.0.1 (Ray Serve); Ctrl-C stops
 raygan generate --url http://127.0.0.1:8000 -n 3 --prefix "a man"
@@ -71,6 +72,42 @@ def _run_train(args) -> int:
     overrides.update(parse_key_values(args.overrides))
     summary = fit(args.data, args.out, overrides, fresh=args.fresh)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    return 0
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="population-based training over the G/D balance (Ray Tune); re-running resumes",
+        description="PBT over the search space file's keys (e.g. g_lr, d_lr_ratio, d_steps); "
+        "writes results.md, metric.png, TensorBoard logs and the best checkpoint to TUNE_DIR/best. "
+        "key=value overrides apply to every trial, e.g. init_from=runs/a/final mle_steps=0.",
+    )
+    p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")
+    p.add_argument("--data", required=True, help="directory written by `raygan prepare`")
+    p.add_argument("--out", required=True, help="TUNE_DIR")
+    p.add_argument("--trials", type=int, help="population size (default: the space's `trials`)")
+    p.add_argument(
+        "--scheduler",
+        choices=("pbt", "none"),
+        default="pbt",
+        help="none: the same trials with fixed configurations (the baseline PBT is measured against)",
+    )
+    p.add_argument("--fresh", action="store_true", help="discard a previous search in TUNE_DIR")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config keys for every trial")
+    p.set_defaults(run=_run_tune)
+
+
+def _run_tune(args) -> int:
+    from raygan.config import parse_key_values
+    from raygan.tune import run_tune
+
+    summary = run_tune(
+        args.space, args.data, args.out, trials=args.trials, scheduler=args.scheduler,
+        overrides=parse_key_values(args.overrides), fresh=args.fresh,
+    )  # fmt: skip
+    print((Path(args.out) / "results.md").read_text(), end="")
+    print(f"best checkpoint: {summary['best']['checkpoint']}")
     return 0
 
 
@@ -282,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train(sub)
+    _add_tune(sub)
     _add_sample(sub)
     _add_serve(sub)
     _add_generate(sub)

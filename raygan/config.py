@@ -90,7 +90,10 @@ class GANConfig:
     g_lr: float = 1e-4
     """Generator Adam learning rate in adversarial training."""
     d_lr: float = 1e-4
-    """Discriminator Adam learning rate."""
+    """Discriminator Adam learning rate (unless d_lr_ratio is set)."""
+    d_lr_ratio: float | None = None
+    """When set, D's learning rate is g_lr x d_lr_ratio and d_lr is ignored: the G/D balance as
+    one number, which is what a search over the balance should move."""
     mle_lr: float = 1e-2
     """Generator Adam learning rate during MLE pretraining (SeqGAN: 0.01)."""
     d_steps: int = 1
@@ -131,6 +134,13 @@ class GANConfig:
                 raise RayganError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.grad_clip < 0:
             raise RayganError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.d_lr_ratio is not None:
+            _check_positive(self, "d_lr_ratio")
+
+    @property
+    def disc_lr(self) -> float:
+        """The discriminator's learning rate in effect."""
+        return self.g_lr * self.d_lr_ratio if self.d_lr_ratio is not None else self.d_lr
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -181,13 +181,13 @@ def _pretrain(gen, train_NT, bench, evaluate, log):
 def _adversarial(name, pretrained, cfg, gan_cfg, train_NT, bench, evaluate, log) -> dict:
     gen, disc = copy.deepcopy(pretrained), Discriminator(cfg)
     opt_g = torch.optim.Adam(gen.parameters(), lr=gan_cfg.g_lr, betas=(gan_cfg.adam_beta1, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=gan_cfg.d_lr, betas=(gan_cfg.adam_beta1, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=gan_cfg.disc_lr, betas=(gan_cfg.adam_beta1, 0.999))
     batches = _batches(train_NT, bench.batch_size, bench.seed + 5)
     rng = torch.Generator().manual_seed(bench.seed + 6)
     start = time.perf_counter()
     for _ in range(bench.d_pretrain_steps):
         tokens_BT, _ = next(batches)
-        d_step(gen, disc, opt_d, tokens_BT, cfg=gan_cfg, lr=gan_cfg.d_lr, generator=rng)
+        d_step(gen, disc, opt_d, tokens_BT, cfg=gan_cfg, lr=gan_cfg.disc_lr, generator=rng)
     baseline_T = torch.zeros(cfg.max_len) if gan_cfg.estimator == "dense" else None
     stats: dict[str, float] = {}
     for step in range(bench.adv_steps):
@@ -202,7 +202,7 @@ def _adversarial(name, pretrained, cfg, gan_cfg, train_NT, bench, evaluate, log)
             batches,
             cfg=gan_cfg,
             g_lr=gan_cfg.g_lr,
-            d_lr=gan_cfg.d_lr,
+            d_lr=gan_cfg.disc_lr,
             d_steps=gan_cfg.d_steps,
             beta=beta,
             generator=rng,

@@ -34,7 +34,7 @@ from torch import nn
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import Config
 from raygan.errors import RayganError
-from raygan.gan import adversarial_step, d_step, gumbel_beta, mle_step
+from raygan.gan import adversarial_step, d_step, gumbel_beta, mle_step, set_lr
 from raygan.models import Discriminator, Generator, RowStreams, unwrap
 
 PHASES = ("mle", "d_pretrain", "adversarial")
@@ -192,8 +192,20 @@ class Evaluator:
             hyps = _trim(samples.tokens_BT, samples.lengths_B, self.cfg.model.eos_id)
             out["bleu4"] = self.references.bleu(hyps, 4)
             out["self_bleu4"] = self_bleu(hyps, 4) if len(hyps) > 1 else 0.0
+            out["bleu_f4"] = bleu_f(out["bleu4"], out["self_bleu4"])
         out["samples"] = [self.codec.decode(row.tolist()) for row in samples.tokens_BT[:5]]
         return out
+
+
+def bleu_f(bleu: float, self_bleu: float) -> float:
+    """Harmonic mean of quality (BLEU against held-out text) and diversity (1 - Self-BLEU).
+
+    Either failure drives it to 0: a collapsed G repeats itself (Self-BLEU -> 1) however fluent,
+    and noise is diverse but matches nothing (BLEU -> 0). A sum would let a large gain in one
+    buy a collapse in the other; the harmonic mean does not.
+    """
+    diversity = 1.0 - self_bleu
+    return 0.0 if bleu + diversity <= 0 else 2 * bleu * diversity / (bleu + diversity)
 
 
 def _trim(tokens_NT: torch.Tensor, lengths_N: torch.Tensor, eos_id: int | None) -> list[list[int]]:
@@ -252,7 +264,7 @@ def build_models(cfg: Config):
     betas = (cfg.gan.adam_beta1, 0.999)
     opt_mle = torch.optim.Adam(gen.parameters(), lr=cfg.gan.mle_lr, betas=betas)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.gan.g_lr, betas=betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan.d_lr, betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan.disc_lr, betas=betas)
     return gen, disc, opt_mle, opt_g, opt_d
 
 
@@ -295,6 +307,11 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
         for key, value in state["early_stopping"].items():
             setattr(stopper, key, value)
         history = json.loads(state["history"])
+        # The optimizers' state carries the learning rates of whoever wrote the checkpoint (under
+        # PBT: the donor trial). Re-apply this run's own, so a mutated config takes effect at once.
+        set_lr(opt_mle, cfg.gan.mle_lr)
+        set_lr(opt_g, cfg.gan.g_lr)
+        set_lr(opt_d, cfg.gan.disc_lr)
     elif cfg.trainer.init_from:
         _init_from(cfg.trainer.init_from, cfg, gen, disc)
     if cfg.gan.estimator == "dense" and baseline_T is None:
@@ -322,7 +339,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
                 )
             elif phase == "d_pretrain":
                 stats = d_step(
-                    gen, disc, opt_d, *next(batches), cfg=cfg.gan, lr=cfg.gan.d_lr, generator=rng
+                    gen, disc, opt_d, *next(batches), cfg=cfg.gan, lr=cfg.gan.disc_lr, generator=rng
                 )
             else:
                 beta = gumbel_beta(
@@ -332,7 +349,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
                     cfg.gan.gumbel_anneal,
                 )
                 stats = adversarial_step(
-                    gen, disc, opt_g, opt_d, batches, cfg=cfg.gan, g_lr=cfg.gan.g_lr, d_lr=cfg.gan.d_lr,
+                    gen, disc, opt_g, opt_d, batches, cfg=cfg.gan, g_lr=cfg.gan.g_lr, d_lr=cfg.gan.disc_lr,
                     d_steps=cfg.gan.d_steps, beta=beta, generator=rng, baseline_T=baseline_T,
                     reduce_mean=reduce_mean,
                 )  # fmt: skip
@@ -360,7 +377,12 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
                 "baseline_T": None if baseline_T is None else baseline_T.cpu(),
                 "early_stopping": stopper.state(), "history": json.dumps(history),
             }  # fmt: skip
-            _checkpoint_and_report(ctx, cfg, state, last_metrics, step, phase, data_dir)
+            applied = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
+                       "batches_consumed": batches.consumed}  # fmt: skip
+            _checkpoint_and_report(
+                ctx, cfg, state, {**last_metrics, **applied}, step, phase, data_dir,
+                extra_meta=run.get("checkpoint_meta", {}),
+            )  # fmt: skip
             stop_reason = None
     board.close()
     return {
@@ -383,7 +405,7 @@ def _evaluate(evaluator, gen, cfg, step, phase, stats, stopper, board):
     return metrics, stopper.update(metrics, phase)
 
 
-def _checkpoint_and_report(ctx, cfg, state, metrics, step, phase, data_dir) -> None:
+def _checkpoint_and_report(ctx, cfg, state, metrics, step, phase, data_dir, extra_meta) -> None:
     reported = {k: v for k, v in metrics.items() if k != "samples"}
     reported.update({"step": step, "phase": phase})
     if ctx.rank != 0:
@@ -392,7 +414,8 @@ def _checkpoint_and_report(ctx, cfg, state, metrics, step, phase, data_dir) -> N
     with tempfile.TemporaryDirectory(prefix="raygan-ckpt-") as tmp:
         directory = save_checkpoint(
             Path(tmp) / "checkpoint", state=state, config=cfg,
-            meta={"step": step, "phase": phase, "metrics": reported, "data_dir": str(data_dir)},
+            meta={"step": step, "phase": phase, "metrics": reported, "data_dir": str(data_dir),
+                  **extra_meta},
             data_dir=data_dir,
         )  # fmt: skip
         ctx.report(dict(reported), str(directory))

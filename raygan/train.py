@@ -125,6 +125,43 @@ def check_placement(cfg: Config) -> None:
         )
 
 
+def make_trainer(
+    run: dict[str, Any],
+    config: Config,
+    *,
+    storage_path: str,
+    name: str,
+    callbacks: list | None = None,
+    resume_from_checkpoint=None,
+):
+    """The TorchTrainer for one run: `config.trainer` sets workers, devices, checkpoints, retries.
+    `resume_from_checkpoint` starts from another run's checkpoint (a PBT donor's) when `name`
+    has none of its own."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = config.trainer
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=run,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker},
+        ),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=t.log_level),
+            callbacks=callbacks or None,
+        ),
+        resume_from_checkpoint=resume_from_checkpoint,
+    )
+
+
 def fit(
     data_dir: str,
     run_dir: str,
@@ -134,10 +171,6 @@ def fit(
     log=print,
 ) -> dict[str, Any]:
     """Train (or resume) into `run_dir`; returns the run summary."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from raygan.data import verify
     from raygan.ray_env import ensure_ray
 
@@ -152,24 +185,7 @@ def fit(
 
     ensure_ray()
     check_placement(config)
-    t = config.trainer
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=run,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers,
-            use_gpu=t.use_gpu,
-            resources_per_worker={"CPU": t.cpus_per_worker},
-        ),
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=RUN_NAME,
-            storage_path=str(run_path / "ray"),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level=t.log_level),
-        ),
-    )
+    trainer = make_trainer(run, config, storage_path=str(run_path / "ray"), name=RUN_NAME)
     result = trainer.fit()
     if result.error:
         raise result.error

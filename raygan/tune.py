@@ -1,0 +1,418 @@
+"""`raygan tune`: population-based training (PBT) over the G/D balance, on Ray Tune.
+
+    raygan tune --space tune_spaces/pbt_oracle.yaml --data data/ --out tunes/a --trials 4
+    raygan tune --space tune_spaces/pbt_oracle.yaml --data data/ --out tunes/a   # resumes
+    raygan sample --checkpoint tunes/a/best
+
+The search space file is described in raygan.tune_space. TUNE_DIR layout: tune.json (the space,
+data and overrides), ray/ (Tune's experiment: per-trial results, checkpoints, Tune's own
+TensorBoard files, pbt_global.txt), trials/<trial_id>/tb (the loop's TensorBoard per trial),
+results.json and results.md (per trial: metric, config, exploit lineage), metric.png, best/.
+
+Two kinds of trial run the same loop (raygan.loop.train_loop). With num_workers=1 the loop runs
+inside the trial's own process, holding cpus_per_worker CPUs. With num_workers>1 the trial holds
+no CPU itself and launches a TorchTrainer (DDP over N workers) whose reports a Train callback
+forwards to Tune. Either way, a restored checkpoint is loaded first and the trial's own (possibly
+mutated) hyperparameters are applied after it (raygan.loop re-applies the learning rates after
+loading the optimizers and reads d_steps from its config at every step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+from raygan.checkpoint import META_FILE, atomic_write_text, copy_checkpoint
+from raygan.errors import RayganError
+from raygan.tune_space import SearchSpace, load_space
+
+EXPERIMENT = "pbt"
+DRIVER_RESOURCE = {"memory": 64 * 1024**2}
+"""What a distributed trial's own process reserves: its workers hold the CPUs. A placement group
+bundle cannot be empty, and a CPU fraction would keep a whole-CPU worker off that node."""
+
+
+# ---------------------------------------------------------------- the trial
+
+
+def tune_trial(hparams: dict[str, Any], *, setup: dict[str, Any]) -> None:
+    """One PBT member: the train loop with the space's fixed keys plus this trial's hyperparameters."""
+    import ray.tune
+
+    from raygan.train import resolve_config
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    config = resolve_config(setup["data_dir"], {**setup["fixed"], **hparams})
+    run = {
+        "config": config.to_dict(),
+        "data_dir": setup["data_dir"],
+        "run_dir": str(Path(setup["tune_dir"]) / "trials" / trial_id),
+        "checkpoint_meta": {"trial_id": trial_id},
+    }
+    checkpoint = ray.tune.get_checkpoint()  # [1] our own (resume) or a donor's (PBT exploit)
+    restored = _restored_from(checkpoint, trial_id)
+    if config.trainer.num_workers == 1:
+        _run_in_process(run, checkpoint, restored)
+    else:
+        _run_distributed(run, config, checkpoint, restored, trial_id)
+
+
+def _restored_from(checkpoint, trial_id: str) -> dict[str, Any]:
+    """Where a restarted trial starts: the checkpoint's writer, step and data position."""
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as directory:
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+    donor = meta.get("trial_id", trial_id)
+    return {
+        "restored_from": donor,
+        "restored_step": meta["step"],
+        "restored_batches": meta["metrics"].get("batches_consumed", 0),
+        "exploit": donor != trial_id,
+    }
+
+
+class _Reporter:
+    """ray.tune.report with the restore facts attached to the first report after a (re)start."""
+
+    # Every report carries the keys, so that progress.csv (whose header is the first report's
+    # keys) keeps them.
+    NONE: ClassVar[dict[str, Any]] = {
+        "restored_from": "",
+        "restored_step": -1,
+        "restored_batches": -1,
+        "exploit": False,
+    }
+
+    def __init__(self, restored: dict[str, Any]):
+        self.pending = dict(restored)
+
+    def __call__(self, metrics: dict[str, Any], checkpoint) -> None:
+        import ray.tune
+
+        metrics = {**metrics, **self.NONE, **self.pending}
+        self.pending = {}
+        ray.tune.report(metrics, checkpoint=checkpoint)  # [2] report (+ checkpoint) to Tune
+
+
+def _run_in_process(run: dict[str, Any], checkpoint, restored: dict[str, Any]) -> None:
+    import ray.tune
+
+    from raygan.loop import WorkerContext, train_loop
+
+    reporter = _Reporter(restored)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        reporter(metrics, ckpt)
+
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
+        train_loop(run, WorkerContext(report=report, restore_dir=restore_dir))
+
+
+def _forward_reports_callback(reports, acks):
+    """A Train callback (it runs in the Train controller) handing rank 0's report to the trial.
+
+    It waits for the trial's acknowledgement, i.e. until Tune has copied the checkpoint, so
+    Train's checkpoint rotation can never delete a checkpoint Tune has not taken yet."""
+    import ray.train
+
+    class ForwardReports(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            path = (checkpoint.path, checkpoint.filesystem) if checkpoint else None
+            reports.put((metrics[0], path))
+            acks.get(timeout=3600)
+
+    return ForwardReports()
+
+
+def _run_distributed(run, config, checkpoint, restored, trial_id: str) -> None:
+    import ray.train
+    import ray.tune
+    from ray.util.queue import Empty, Queue
+
+    from raygan.train import make_trainer
+
+    reports, acks = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
+    donor = None
+    if checkpoint is not None:  # Tune's Checkpoint -> Train's (same storage, another class)
+        donor = ray.train.Checkpoint(path=checkpoint.path, filesystem=checkpoint.filesystem)
+    storage = Path(run["run_dir"]) / "train"
+    trainer = make_trainer(
+        run,
+        config,
+        storage_path=str(storage),
+        # A fresh name per (re)start: a reused name would resume that run's own last checkpoint
+        # instead of the donor's.
+        name=f"segment-{uuid.uuid4().hex[:8]}",
+        callbacks=[_forward_reports_callback(reports, acks)],
+        resume_from_checkpoint=donor,
+    )
+    outcome: dict[str, Any] = {}
+    fit_thread = threading.Thread(target=lambda: outcome.update(result=trainer.fit()), daemon=True)
+    fit_thread.start()
+    reporter = _Reporter(restored)
+    while fit_thread.is_alive() or not reports.empty():
+        try:
+            metrics, path = reports.get(timeout=1.0)
+        except Empty:
+            continue
+        ckpt = ray.tune.Checkpoint(path=path[0], filesystem=path[1]) if path else None
+        reporter(metrics, ckpt)
+        acks.put(True)
+    fit_thread.join()
+    result = outcome.get("result")
+    if result is None or result.error:
+        raise RayganError(
+            f"trial {trial_id}: distributed training failed: {result and result.error}"
+        )
+    shutil.rmtree(storage, ignore_errors=True)  # Tune holds copies of what it needs
+
+
+# ---------------------------------------------------------------- the search
+
+
+def run_tune(
+    space_path: str,
+    data_dir: str,
+    tune_dir: str,
+    *,
+    trials: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    fresh: bool = False,
+    scheduler: str = "pbt",
+    log=print,
+) -> dict[str, Any]:
+    """Run (or resume) a search into `tune_dir`; returns the summary written to results.json.
+
+    scheduler="none" runs the same trials without exploit/explore: the fixed-configuration
+    baseline PBT is compared against."""
+    from raygan.data import load_manifest, verify
+    from raygan.ray_env import ensure_ray
+
+    data_dir, out = os.path.abspath(data_dir), Path(tune_dir).resolve()
+    verify(data_dir)
+    space = load_space(space_path, data_kind=load_manifest(data_dir)["kind"])
+    space = space.with_overrides(_absolute_paths(overrides or {}), trials=trials)
+    config = space.trial_config(data_dir)  # every fixed key resolved before any trial starts
+    request = {"space": space.to_dict(), "data_dir": data_dir, "scheduler": scheduler}
+    _check_tune_dir(out, request, fresh)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "tune.json", json.dumps(request, indent=2))
+
+    ensure_ray()
+    max_concurrent = _trials_that_fit(config)
+    log(
+        f"tune: {space.trials} trials of {config.schedule.total_steps} steps, "
+        f"{max_concurrent} at a time, metric {space.metric} ({space.mode}), scheduler {scheduler}"
+    )
+    tuner = _make_tuner(space, data_dir, out, config, max_concurrent, scheduler)
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RayganError(f"{len(errors)} of {len(grid)} trials failed; the first: {errors[0]}")
+    summary = summarize(grid, space, out)
+    log(f"best: trial {summary['best']['trial_id']} {space.metric}={summary['best']['metric']:.4f}")
+    return summary
+
+
+def _absolute_paths(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Trials run in their own working directories: a checkpoint path must not be relative."""
+    from raygan.checkpoint import resolve_checkpoint_dir
+    from raygan.config import flatten, resolve_key
+
+    out = {}
+    for key, value in flatten(overrides).items():
+        if resolve_key(key)[1] == "init_from" and value not in (None, "", "none", "None"):
+            value = str(resolve_checkpoint_dir(value).resolve())
+        out[key] = value
+    return out
+
+
+def _check_tune_dir(out: Path, request: dict, fresh: bool) -> None:
+    saved = out / "tune.json"
+    if not saved.exists():
+        return
+    if fresh:
+        for name in (
+            "ray",
+            "trials",
+            "best",
+            "tune.json",
+            "results.json",
+            "results.md",
+            "metric.png",
+        ):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        return
+    if json.loads(saved.read_text()) != json.loads(json.dumps(request)):
+        raise RayganError(
+            f"{out} holds a search with another space, data or scheduler; use the same command "
+            "to resume, another --out, or --fresh to start over"
+        )
+
+
+def _trials_that_fit(config) -> int:
+    """How many trials run at once on this cluster; refuses a trial that can never be placed."""
+    import ray
+
+    from raygan.train import check_placement
+
+    check_placement(config)
+    t = config.trainer
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    workers = sum(int(n.get("CPU", 0) // t.cpus_per_worker) for n in nodes)
+    if t.use_gpu:
+        workers = min(workers, int(sum(n.get("GPU", 0) for n in nodes)))
+    return max(1, workers // t.num_workers)
+
+
+def _make_tuner(space: SearchSpace, data_dir: str, out: Path, config, max_concurrent, scheduler):
+    from ray import tune
+
+    trainable = tune.with_parameters(
+        tune_trial,
+        setup={"data_dir": data_dir, "tune_dir": str(out), "fixed": space.trial_overrides()},
+    )
+    t = config.trainer
+    if t.num_workers == 1:
+        resources = {"CPU": t.cpus_per_worker, "GPU": 1 if t.use_gpu else 0}
+    else:
+        resources = DRIVER_RESOURCE
+    trainable = tune.with_resources(trainable, resources)
+    storage = str(out / "ray")
+    if tune.Tuner.can_restore(os.path.join(storage, EXPERIMENT)):
+        return tune.Tuner.restore(os.path.join(storage, EXPERIMENT), trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=space.metric,
+            mode=space.mode,
+            num_samples=space.trials,
+            scheduler=space.scheduler() if scheduler == "pbt" else None,
+            # PBT has no seed argument; the initial draws are seeded through the search algorithm.
+            search_alg=tune.search.BasicVariantGenerator(
+                random_state=config.schedule.seed, max_concurrent=max_concurrent
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=storage,
+            # Keep the best checkpoints for best/ export (the latest is always kept for PBT);
+            # fewer than 4 made PBT clones fail when a donor's checkpoint was rotated away.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=4,
+                checkpoint_score_attribute=space.metric,
+                checkpoint_score_order=space.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            verbose=0,
+        ),
+    )
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def summarize(grid, space: SearchSpace, out: Path) -> dict[str, Any]:
+    """results.json, results.md, metric.png and best/ from a finished ResultGrid."""
+    from raygan.report import markdown_table
+
+    trials = [_trial_summary(result, space) for result in grid]
+    trials.sort(key=lambda t: t["best_metric"] * (1 if space.mode == "min" else -1))
+    best_result = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+    best_ckpt = best_result.get_best_checkpoint(metric=space.metric, mode=space.mode)
+    with best_ckpt.as_directory() as directory:
+        copy_checkpoint(directory, out / "best")
+    meta = json.loads((out / "best" / META_FILE).read_text())
+    summary = {
+        "metric": space.metric,
+        "mode": space.mode,
+        "best": {
+            "trial_id": best_result.metrics["trial_id"],
+            "metric": meta["metrics"][space.metric],
+            "step": meta["step"],
+            "checkpoint": str(out / "best"),
+            "config": {k: best_result.config[k] for k in space.search},
+        },
+        "trials": trials,
+        "exploits": sum(len(t["lineage"]) for t in trials),
+    }
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str))
+    rows = [
+        {
+            "trial": t["trial_id"],
+            f"final {space.metric}": f"{t['final_metric']:.4f}",
+            f"best {space.metric}": f"{t['best_metric']:.4f}",
+            "steps": t["steps"],
+            **{k: _fmt(v) for k, v in t["config"].items()},
+            "exploits (step: donor)": ", ".join(f"{e['step']}: {e['donor']}" for e in t["lineage"])
+            or "-",
+        }
+        for t in trials
+    ]
+    table = markdown_table(list(rows[0]), [list(r.values()) for r in rows])
+    atomic_write_text(out / "results.md", table + "\n")
+    plot_metric(grid, space, out / "metric.png")
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _trial_summary(result, space: SearchSpace) -> dict[str, Any]:
+    df = result.metrics_dataframe
+    values = df[space.metric].dropna()
+    lineage = []
+    if "exploit" in df:
+        for _, row in df[df["exploit"].fillna(False).astype(bool)].iterrows():
+            event = {"step": int(row["restored_step"]), "donor": row["restored_from"]}
+            # A restart before the first own checkpoint (synch PBT pauses trials) restores the
+            # same donor checkpoint again: the same exploit, not a new one.
+            if not lineage or lineage[-1] != event:
+                lineage.append(event)
+    best = values.min() if space.mode == "min" else values.max()
+    return {
+        "trial_id": result.metrics["trial_id"],
+        "final_metric": float(values.iloc[-1]),
+        "best_metric": float(best) if not math.isnan(best) else math.nan,
+        "steps": int(df["step"].max()),
+        "config": {k: result.config[k] for k in space.search},
+        "lineage": lineage,
+    }
+
+
+def plot_metric(grid, space: SearchSpace, path: Path) -> None:
+    """The metric over training steps per trial; a marker where a trial took a donor's checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for result in grid:
+        df = result.metrics_dataframe.dropna(subset=[space.metric])
+        (line,) = ax.plot(df["step"], df[space.metric], label=result.metrics["trial_id"])
+        if "exploit" in df:
+            hits = df[df["exploit"].fillna(False).astype(bool)]
+            ax.scatter(hits["step"], hits[space.metric], marker="v", s=60, color=line.get_color(),
+                       edgecolors="black", zorder=3)  # fmt: skip
+    ax.set_xlabel("training step")
+    ax.set_ylabel(space.metric)
+    ax.set_title(f"PBT: {space.metric} per trial (triangles: exploit of a better trial)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
