@@ -207,6 +207,8 @@ def run_tune(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "tune.json", json.dumps(request, indent=2))
 
+    # Tune warns when frequent checkpoints force experiment snapshots: expected at small sizes.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ensure_ray()
     max_concurrent = _trials_that_fit(config)
     log(

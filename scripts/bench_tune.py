@@ -1,0 +1,237 @@
+"""PBT against the same trials with fixed configurations, at equal compute, on the SeqGAN oracle.
+
+    python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~25 minutes on 2 CPUs
+    python scripts/bench_tune.py --smoke-test                 # tiny sizes, checks the script
+
+1. prepare: 10,000 training and 2,000 held-out samples of SeqGAN's oracle
+   (../shared/data/seqgan_oracle/target_params.npz; a seeded random oracle when it is absent);
+2. pretrain: MLE (then a short D pretraining) in one process: the shared starting point, since
+   searching the G/D balance only matters in adversarial training;
+3. fixed: `raygan tune --scheduler none`: T trials drawn from tune_spaces/pbt_oracle.yaml, each
+   A adversarial steps from the pretrained checkpoint, configurations never change;
+4. pbt: the same command with PBT. The same seed draws the same T initial configurations, so the
+   two arms differ only in exploit/explore. Both spend T x A generator steps.
+Reported per arm: the best NLL_oracle any trial reached (the checkpoint exported to best/), the
+best final NLL_oracle, exploits, wall time and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from raygan.checkpoint import copy_checkpoint
+from raygan.data import prepare_oracle
+from raygan.loop import WorkerContext, train_loop
+from raygan.report import markdown_table, replace_section
+from raygan.train import resolve_config
+from raygan.tune import run_tune
+
+REPO = Path(__file__).resolve().parents[1]
+SEQGAN_ORACLE = REPO.parent / "shared/data/seqgan_oracle/target_params.npz"
+SPACE = REPO / "tune_spaces/pbt_oracle.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    num_train: int = 10_000
+    num_test: int = 2_000
+    mle_epochs: int = 10
+    d_pretrain_steps: int = 100
+    trials: int = 4
+    adv_steps: int = 150
+    report_every: int = 25
+    perturbation_interval: int = 50
+    eval_samples: int = 1000
+    model: tuple = ()  # extra overrides (the smoke test's tiny nets)
+
+
+FULL = Sizes()
+SMOKE = Sizes(
+    num_train=256, num_test=64, mle_epochs=2, d_pretrain_steps=2, trials=2, adv_steps=8,
+    report_every=2, perturbation_interval=4, eval_samples=32,
+    model=(("g_embed_dim", 8), ("g_hidden_dim", 8), ("d_embed_dim", 8), ("d_hidden_dim", 8),
+           ("batch_size", 8)),
+)  # fmt: skip
+
+
+def prepare(s: Sizes, work: Path, smoke: bool) -> tuple[str, str]:
+    data = work / "data"
+    if SEQGAN_ORACLE.is_file() and not smoke:
+        prepare_oracle(str(data), oracle="seqgan", oracle_path=str(SEQGAN_ORACLE),
+                       num_samples=s.num_train, num_test=s.num_test, progress=False)  # fmt: skip
+        return str(data), "SeqGAN oracle"
+    prepare_oracle(str(data), oracle="random", num_samples=s.num_train, num_test=s.num_test,
+                   vocab_size=50 if smoke else 5000, max_len=8 if smoke else 20, progress=False)  # fmt: skip
+    return str(data), "random oracle (seed 0)"
+
+
+def pretrain(s: Sizes, data: str, work: Path) -> dict:
+    """MLE + D pretraining at world size 1; the last checkpoint becomes the trials' init_from."""
+    batch = dict(s.model).get("batch_size", 64)
+    mle_steps = s.mle_epochs * (s.num_train // batch)
+    config = resolve_config(data, {
+        **dict(s.model), "mle_steps": mle_steps, "d_pretrain_steps": s.d_pretrain_steps,
+        "adv_steps": 0, "eval_every": mle_steps, "checkpoint_every": mle_steps + s.d_pretrain_steps,
+        "eval_samples": s.eval_samples,
+    })  # fmt: skip
+    out = work / "pretrain"
+    last: dict = {}
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        copy_checkpoint(checkpoint_dir, out)
+        last.update(metrics)
+
+    started = time.perf_counter()
+    train_loop(
+        {"config": config.to_dict(), "data_dir": data, "run_dir": None},
+        WorkerContext(report=report),
+    )
+    return {"checkpoint": str(out), "nll_oracle": last["nll_oracle"], "mle_steps": mle_steps,
+            "wall_s": time.perf_counter() - started}  # fmt: skip
+
+
+def space_file(s: Sizes, work: Path) -> str:
+    import yaml
+
+    space = yaml.safe_load(SPACE.read_text())
+    space.update(trials=s.trials, report_every=s.report_every,
+                 perturbation_interval=s.perturbation_interval)  # fmt: skip
+    space["fixed"].update(adv_steps=s.adv_steps, eval_samples=s.eval_samples)
+    path = work / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return str(path)
+
+
+def arm(name: str, space: str, data: str, work: Path, overrides: dict) -> dict:
+    out = work / name
+    scheduler = "pbt" if name == "pbt" else "none"
+    command = ["raygan", "tune", "--space", "SPACE", "--data", "DATA", "--out", name,
+               "--scheduler", scheduler,
+               *(f"{k}={'PRETRAINED' if k == 'init_from' else v}" for k, v in overrides.items())]  # fmt: skip
+    started = time.perf_counter()
+    summary = run_tune(space, data, str(out), overrides=overrides, scheduler=scheduler, fresh=True,
+                       log=lambda *_: None)  # fmt: skip
+    wall = time.perf_counter() - started
+    trials = summary["trials"]
+    return {
+        "command": shlex.join(command),
+        "wall_s": wall,
+        "best_nll_oracle": summary["best"]["metric"],
+        "best_step": summary["best"]["step"],
+        "best_config": summary["best"]["config"],
+        "best_final_nll_oracle": min(t["final_metric"] for t in trials),
+        "exploits": summary["exploits"],
+        "trials": trials,
+        "results_md": (out / "results.md").read_text(),
+    }
+
+
+def run(s: Sizes, work: Path, smoke: bool) -> dict:
+    import ray
+
+    from raygan.ray_env import ray_environment
+
+    torch.set_num_threads(1)
+    data, oracle = prepare(s, work, smoke)
+    pre = pretrain(s, data, work)
+    print(f"pretrained: NLL_oracle {pre['nll_oracle']:.4f} after {pre['mle_steps']} MLE steps "
+          f"({pre['wall_s']:.0f} s)", flush=True)  # fmt: skip
+    ray_environment()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    space = space_file(s, work)
+    overrides = {**dict(s.model), "init_from": pre["checkpoint"], "mle_steps": 0,
+                 "d_pretrain_steps": 0}  # fmt: skip
+    try:
+        arms = {}
+        for name in ("fixed", "pbt"):
+            arms[name] = arm(name, space, data, work, overrides)
+            print(f"{name}: best NLL_oracle {arms[name]['best_nll_oracle']:.4f}, "
+                  f"{arms[name]['wall_s']:.0f} s", flush=True)  # fmt: skip
+    finally:
+        ray.shutdown()
+    return {
+        "oracle": oracle,
+        "sizes": dataclasses.asdict(s),
+        "pretrain": pre,
+        "arms": arms,
+        "space": SPACE.name,
+        "machine": {"cpus": 2, "platform": platform.platform(), "torch": torch.__version__},
+    }
+
+
+def report_text(result: dict) -> str:
+    s, pre = result["sizes"], result["pretrain"]
+    rows = [
+        [name, f"{a['best_nll_oracle']:.4f}", a["best_step"], f"{a['best_final_nll_oracle']:.4f}",
+         a["exploits"], f"{a['wall_s']:.0f}", f"`{a['command']}`"]
+        for name, a in result["arms"].items()
+    ]  # fmt: skip
+    table = markdown_table(
+        [
+            "arm",
+            "best NLL_oracle",
+            "at step",
+            "best final NLL_oracle",
+            "exploits",
+            "wall s",
+            "command",
+        ],
+        rows,
+    )
+    fixed, pbt = result["arms"]["fixed"], result["arms"]["pbt"]
+    delta = pbt["best_nll_oracle"] - fixed["best_nll_oracle"]
+    return "\n".join([
+        f"{result['oracle']}; {s['trials']} trials x {s['adv_steps']} adversarial steps per arm "
+        f"(the space's fixed keys: gumbel, rsgan), a report every {s['report_every']} steps, PBT decisions every "
+        f"{s['perturbation_interval']}; NLL_oracle on {s['eval_samples']} samples. Both arms start "
+        f"from one MLE-pretrained G (NLL_oracle {pre['nll_oracle']:.4f} after {pre['mle_steps']} "
+        f"steps, {pre['wall_s']:.0f} s) and draw the same initial configurations.",
+        "",
+        table,
+        "",
+        f"PBT minus fixed, best NLL_oracle: {delta:+.4f} (negative: PBT better).",
+        "",
+        "<details><summary>per-trial results (PBT arm)</summary>\n",
+        pbt["results_md"],
+        "</details>",
+    ])  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/tune.json"))
+    parser.add_argument("--markdown", type=Path, help="write the table into this BENCHMARKS.md")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes; checks the script")
+    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
+    args = parser.parse_args()
+    if args.from_json:
+        replace_section(args.markdown, "tune", report_text(json.loads(args.from_json.read_text())))
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="raygan-bench-tune-"))
+    try:
+        result = run(SMOKE if args.smoke_test else FULL, work, args.smoke_test)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = report_text(result)
+    print(text)
+    if not args.smoke_test:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+        if args.markdown:
+            replace_section(args.markdown, "tune", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
