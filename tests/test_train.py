@@ -16,7 +16,7 @@ import torch
 from raygan.checkpoint import load_checkpoint
 from raygan.cli import main as cli_main
 from raygan.errors import RayganError
-from raygan.loop import WorkerContext, train_loop
+from raygan.loop import WorkerContext, bleu_f, train_loop
 from raygan.train import fit, resolve_config
 from tests.conftest import TINY_TRAIN
 
@@ -286,5 +286,16 @@ def test_text_corpus_trains_and_reports_bleu(tmp_path):
     summary = train_loop(run, WorkerContext())
     metrics = summary["final_metrics"]
     assert 0.0 <= metrics["bleu4"] <= 1.0 and 0.0 <= metrics["self_bleu4"] <= 1.0
+    assert metrics["bleu_f4"] == pytest.approx(bleu_f(metrics["bleu4"], metrics["self_bleu4"]))
     assert "nll_oracle" not in metrics and metrics["nll_test"] > 0
     assert (tmp_path / "run" / "tb").is_dir()
+
+
+def test_bleu_f_punishes_either_failure():
+    """Tune's text metric: harmonic mean of BLEU and 1 - Self-BLEU."""
+    assert bleu_f(0.5, 0.5) == pytest.approx(0.5)
+    assert bleu_f(0.9, 1.0) == 0.0  # fluent but collapsed: every sample the same
+    assert bleu_f(0.0, 0.0) == 0.0  # diverse noise
+    assert bleu_f(0.0, 1.0) == 0.0
+    # A large gain in quality does not buy a collapse in diversity.
+    assert bleu_f(0.6, 0.4) > bleu_f(0.9, 0.9)

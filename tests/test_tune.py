@@ -285,3 +285,12 @@ def test_distributed_trial_equals_single_process_trial(ray_cluster, oracle_data,
         finals[workers] = trial["final_metric"]
         assert (out / "best" / "state.pt").is_file()
     assert finals[2] == pytest.approx(finals[1], abs=1e-5)
+
+
+def test_d_lr_ratio_sets_the_discriminator_lr():
+    assert apply_overrides(Config(), {"g_lr": 2e-4, "d_lr_ratio": 3}).gan.disc_lr == pytest.approx(
+        6e-4
+    )
+    assert apply_overrides(Config(), {"d_lr": 5e-4}).gan.disc_lr == 5e-4  # no ratio: d_lr itself
+    with pytest.raises(RayganError, match="d_lr_ratio must be > 0"):
+        apply_overrides(Config(), {"d_lr_ratio": 0})
