@@ -41,7 +41,7 @@ import torch
 from raygan.ray_env import ray_environment
 from raygan.report import markdown_table, replace_section
 
-BATCHED, UNBATCHED, LOADED = "batched", "unbatched", "loaded"
+BATCHED, UNBATCHED, ECHO, LOADED = "batched", "unbatched", "echo", "loaded"
 LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
 SEQGAN_ORACLE = (
     Path(__file__).resolve().parents[1].parent / "shared/data/seqgan_oracle/target_params.npz"
@@ -58,7 +58,7 @@ class Sizes:
     cell_seconds: float = 20.0  # ... or this long, whichever comes first
     warmup_requests: int = 64
     sustained_requests: int = 10_000
-    sustained_seconds: float = 240.0
+    sustained_seconds: float = 480.0  # 10,000 requests at >= 21 req/s
     kill_requests: int = 4000
     kill_seconds: float = 90.0
     kill_after_s: float = 3.0  # into the kill load
@@ -149,6 +149,43 @@ def summarize(latencies, batch_sizes, failures, wall, concurrency) -> dict:
     }  # fmt: skip
 
 
+# -- what batching can gain, and what HTTP costs ---------------------------------------------------
+def bench_compute(checkpoint: str, s: Sizes, reps: int = 10) -> dict:
+    """Sampling alone, in this process (1 thread): one request vs a full batch of them."""
+    from raygan.sampling import SampleRequest, load_model, sample_batch
+
+    model = load_model(checkpoint)
+    batch = [SampleRequest(num=1, max_tokens=s.max_len, seed=i) for i in range(s.max_batch_size)]
+    times: dict[str, list[float]] = {"one": [], "batch": []}
+    for rep in range(2 + reps):  # interleaved, after 2 warm-up rounds
+        for name, requests in (("one", batch[:1]), ("batch", batch)):
+            t0 = time.perf_counter()
+            sample_batch(model, requests)
+            if rep >= 2:
+                times[name].append(time.perf_counter() - t0)
+    one, full = statistics.median(times["one"]), statistics.median(times["batch"])
+    return {"one_request_ms": one * 1e3, "batch_ms": full * 1e3,
+            "batch_per_request_ms": full * 1e3 / len(batch),
+            "speedup_per_request": one * len(batch) / full, "times_s": times}  # fmt: skip
+
+
+def echo_app():
+    """The HTTP path without the model: a FastAPI ingress that answers at once (the floor)."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+    @serve.ingress(api)
+    class Echo:
+        @api.post("/generate", response_model=None)
+        async def generate(self):
+            return {"batch_requests": 1}
+
+    return Echo.bind()
+
+
 # -- Serve ----------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
@@ -197,15 +234,17 @@ def kill_during_load(base: str, s: Sizes) -> dict:
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         killed = time.perf_counter()
         watch.update(victim=victim, killed_at=killed)
+        # Serve's status counts the dead replica as RUNNING until its controller notices: the
+        # replacement is done when the count, having dropped, is back with a new replica.
         while time.perf_counter() - killed < s.kill_seconds:
             running, names = running_replicas(LOADED), set(replica_names(LOADED))
             if "detected_s" not in watch and running < len(before):
-                watch["detected_s"] = time.perf_counter() - killed  # Serve's status saw it
-            if running >= len(before) and names - before and victim not in names:
-                watch["replaced_s"] = time.perf_counter() - killed  # a new replica is RUNNING
+                watch["detected_s"] = time.perf_counter() - killed
+            if "detected_s" in watch and running >= len(before) and names - before:
+                watch["replaced_s"] = time.perf_counter() - killed
                 watch["replacement"] = sorted(names - before)[0]
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     thread = threading.Thread(target=killer)
     started = time.perf_counter()
@@ -242,18 +281,22 @@ def run(s: Sizes, work: Path) -> dict:
     t0 = time.perf_counter()
     checkpoint = make_checkpoint(work, s)
     result["checkpoint_s"] = time.perf_counter() - t0
+    result["compute"] = bench_compute(checkpoint, s)
+    print("[0] sampling in-process: " + json.dumps(
+        {k: round(v, 2) for k, v in result["compute"].items() if k != "times_s"}), flush=True)  # fmt: skip
     ray.init(num_cpus=2, log_to_driver=True)
     port = free_port()
     t0 = time.perf_counter()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     deploy(BATCHED, checkpoint, replicas=1, max_batch_size=s.max_batch_size)
     deploy(UNBATCHED, checkpoint, replicas=1, max_batch_size=1)
+    serve.run(echo_app(), name=ECHO, route_prefix=f"/{ECHO}", logging_config=LOGGING)
     result["serve_up_s"] = time.perf_counter() - t0
     base = f"http://127.0.0.1:{port}"
     print(f"[1] batching on vs off at {base}; Serve up in {result['serve_up_s']:.1f} s", flush=True)
     cells = []
     for concurrency in s.concurrency:
-        for name, batching in ((BATCHED, "on"), (UNBATCHED, "off")):
+        for name, batching in ((BATCHED, "on"), (UNBATCHED, "off"), (ECHO, "HTTP only")):
             common = {"concurrency": concurrency, "max_tokens": s.max_len}
             asyncio.run(load(f"{base}/{name}", requests=s.warmup_requests, seconds=30, **common))
             cell = asyncio.run(load(f"{base}/{name}", requests=s.cell_requests,
@@ -265,8 +308,8 @@ def run(s: Sizes, work: Path) -> dict:
                   f"mean batch {cell['mean_batch']:.1f}, failed {cell['failed']}", flush=True)  # fmt: skip
     result["cells"] = cells
     result["loadavg"]["after_cells"] = os.getloadavg()
-    serve.delete(BATCHED)
-    serve.delete(UNBATCHED)
+    for name in (BATCHED, UNBATCHED, ECHO):
+        serve.delete(name)
 
     print("[2] sustained load on 2 replicas", flush=True)
     deploy(LOADED, checkpoint, replicas=2, max_batch_size=s.max_batch_size)
@@ -319,7 +362,7 @@ def goals(result: dict) -> list[list]:
 
 def report_text(result: dict) -> str:
     """The tables and their notes, for stdout and BENCHMARKS.md."""
-    m, s, loadavg = result["machine"], result["sizes"], result["loadavg"]
+    m, s, loadavg, c = result["machine"], result["sizes"], result["loadavg"], result["compute"]
     rows = [
         [c["batching"], c["concurrency"], c["ok"], f"{c['requests_per_s']:,.1f}",
          f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}", f"{c['mean_batch']:.1f}", c["failed"]]
@@ -341,6 +384,12 @@ def report_text(result: dict) -> str:
         "",
         markdown_table(header, rows),
         "",
+        f"Sampling alone, in-process, 1 thread: one request {c['one_request_ms']:.1f} ms; "
+        f"{s['max_batch_size']} requests in one batch {c['batch_ms']:.1f} ms, i.e. "
+        f"{c['batch_per_request_ms']:.2f} ms per request ({c['speedup_per_request']:.1f}x less). "
+        "`HTTP only` is a FastAPI ingress that answers without sampling: the ceiling of the HTTP "
+        "path (proxy, replica, client) on this machine.",
+        "",
         markdown_table(["goal", "measured", "target", "met"], goals(result)),
         "",
         f"Batching on: max_batch_size {s['max_batch_size']}, batch_wait_timeout_s 0.005; off: "
@@ -358,7 +407,7 @@ def report_text(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=Path("benchmarks/serve.json"))
-    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, ~1 minute")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, ~2 minutes")
     parser.add_argument("--markdown", type=Path, help="also write the tables into BENCHMARKS.md")
     parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
     args = parser.parse_args()
