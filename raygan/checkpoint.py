@@ -13,7 +13,6 @@ A checkpoint directory holds
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from raygan import storage
 from raygan.config import Config
 from raygan.errors import RayganError
 
@@ -36,10 +36,11 @@ def save_checkpoint(
     state: dict[str, Any],
     config: Config,
     meta: dict[str, Any],
-    data_dir: str | Path | None = None,
+    data_dir: str | None = None,
 ) -> Path:
-    """Write a checkpoint to `directory`: everything goes into a sibling temp dir first, then one
-    rename publishes it, so a reader never sees half a checkpoint."""
+    """Write a checkpoint to the local `directory`: everything goes into a sibling temp dir
+    first, then one rename publishes it, so a reader never sees half a checkpoint. The data's
+    manifest and tokenizer/oracle come from `data_dir` (a local path or a URI)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -49,10 +50,10 @@ def save_checkpoint(
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
         if data_dir is not None:
             for name in DATA_FILES:
-                src = Path(data_dir) / name
-                if src.is_file():
-                    shutil.copyfile(src, tmp / name)
-        _replace_dir(tmp, directory)
+                src = storage.join(data_dir, name)
+                if storage.is_file(src):
+                    (tmp / name).write_bytes(storage.read_bytes(src))
+        storage.replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -60,44 +61,24 @@ def save_checkpoint(
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write a small file (local or URI) so that readers see the old or the new content, never a part."""
+    storage.write_text(path, text)
 
 
-def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Copy a checkpoint directory to `dst` atomically (e.g. exporting RUN_DIR/final)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        _replace_dir(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def copy_checkpoint(src: str | Path, dst: str | Path) -> str | Path:
+    """Copy a local checkpoint directory to `dst` (local: atomically; or a URI), e.g. final/."""
+    storage.upload_dir(src, dst)
     return dst
 
 
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """Accept a checkpoint directory, or a run/tune directory holding `final/` or `best/`."""
-    path = Path(path)
-    for candidate in (path, path / "final", path / "best"):
-        if (candidate / STATE_FILE).is_file():
-            return candidate
+    """Accept a checkpoint directory, or a run/tune directory holding `final/` or `best/`, local
+    or a URI. A checkpoint in object storage is downloaded to a local cache directory first."""
+    for candidate in (str(path), storage.join(path, "final"), storage.join(path, "best")):
+        if storage.is_file(storage.join(candidate, STATE_FILE)):
+            if storage.is_uri(candidate):
+                return storage.download_dir(candidate, storage.cache_dir(candidate, "checkpoints"))
+            return Path(candidate)
     raise RayganError(f"{path} holds no checkpoint ({STATE_FILE} not found, nor final/ or best/)")
 
 

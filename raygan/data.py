@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from raygan import __version__
+from raygan import __version__, storage
 from raygan.errors import RayganError
 from raygan.tokenizer import (
     BOS_ID,
@@ -127,18 +127,8 @@ class PrepareSummary:
 
 
 # -- filesystems ---------------------------------------------------------------------------------
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a URI with a scheme (file://, s3://, ...)."""
-    if "://" not in path:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    try:
-        return pafs.FileSystem.from_uri(path)
-    except (pa.ArrowException, ValueError, OSError) as exc:
-        raise RayganError(f"cannot open {path}: {exc}") from None
-
-
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
+_filesystem = storage.filesystem
+_join = storage.join
 
 
 def _file_type(fs: pafs.FileSystem, path: str) -> pafs.FileType:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -31,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from raygan import storage
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import Config
 from raygan.errors import RayganError
@@ -215,14 +217,19 @@ def _trim(tokens_NT: torch.Tensor, lengths_N: torch.Tensor, eos_id: int | None) 
 
 
 class TensorBoard:
-    """tensorboardX on rank 0; a no-op elsewhere. Events past a resumed step are purged."""
+    """tensorboardX on rank 0; a no-op elsewhere. Events past a resumed step are purged. When the
+    run directory is a URI, events are written locally and uploaded at every checkpoint."""
 
     def __init__(self, run_dir: str | None, rank: int, start_step: int):
-        self.writer = None
+        self.writer, self.staging, self.dest = None, None, None
         if rank == 0 and run_dir:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step or None)
+            logdir = storage.join(run_dir, "tb")
+            if storage.is_uri(logdir):
+                self.staging, self.dest = tempfile.mkdtemp(prefix="raygan-tb-"), logdir
+                logdir = self.staging
+            self.writer = SummaryWriter(logdir, purge_step=start_step or None)
 
     def scalars(self, stats: dict[str, Any], step: int, prefix: str) -> None:
         if self.writer is None:
@@ -235,9 +242,17 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
+    def sync(self) -> None:
+        if self.writer is not None and self.dest is not None:
+            self.writer.flush()
+            storage.sync(Path(self.staging), self.dest)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.sync()
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def _seed_step(cfg: Config, step: int, rank: int, world: int) -> RowStreams:
@@ -379,6 +394,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
             }  # fmt: skip
             applied = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
                        "batches_consumed": batches.consumed}  # fmt: skip
+            board.sync()
             _checkpoint_and_report(
                 ctx, cfg, state, {**last_metrics, **applied}, step, phase, data_dir,
                 extra_meta=run.get("checkpoint_meta", {}),
@@ -447,8 +463,8 @@ def _maybe_fail(cfg: Config, step: int, rank: int, world: int, run_dir: str | No
     """Test hook for failure recovery: the last worker dies hard, once per run directory."""
     if cfg.trainer.fail_at_step != step or rank != world - 1 or not run_dir:
         return
-    marker = Path(run_dir) / ".fail_at_step_fired"
-    if marker.exists():
+    marker = storage.join(run_dir, ".fail_at_step_fired")
+    if storage.is_file(marker):
         return
-    marker.write_text(str(step))
+    storage.write_text(marker, str(step))
     os.kill(os.getpid(), signal.SIGKILL)

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
+from raygan import storage
 from raygan.checkpoint import atomic_write_text, copy_checkpoint, load_checkpoint
 from raygan.config import Config
 from raygan.errors import RayganError
@@ -71,17 +69,16 @@ def resolve_config(data_dir: str, overrides: dict[str, Any]) -> Config:
     return apply_overrides(config, {f"model.{k}": v for k, v in from_data.items()})
 
 
-def _check_run_dir(run_dir: Path, run: dict, fresh: bool) -> None:
+def _check_run_dir(run_dir: str, run: dict, fresh: bool) -> None:
     """A RUN_DIR holding another configuration is refused unless `fresh` clears it."""
-    saved_path = run_dir / "run.json"
-    if not saved_path.exists():
+    saved_path = storage.join(run_dir, "run.json")
+    if not storage.is_file(saved_path):
         return
     if fresh:
         for name in ("ray", "tb", "final", "summary.json", "run.json", ".fail_at_step_fired"):
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            storage.delete(storage.join(run_dir, name))
         return
-    saved = json.loads(saved_path.read_text())
+    saved = json.loads(storage.read_text(saved_path))
     diffs = _diff(saved["config"], run["config"]) - RESUME_TOLERANT_KEYS
     if saved["data_dir"] != run["data_dir"]:
         diffs.add(f"data ({saved['data_dir']} -> {run['data_dir']})")
@@ -174,27 +171,29 @@ def fit(
     from raygan.data import verify
     from raygan.ray_env import ensure_ray
 
-    data_dir, run_path = os.path.abspath(data_dir), Path(run_dir).resolve()
+    data_dir, run_dir = storage.absolute(data_dir), storage.absolute(run_dir)
     verify(data_dir)
     config = resolve_config(data_dir, overrides or {})
-    run = {"config": config.to_dict(), "data_dir": data_dir, "run_dir": str(run_path)}
-    _check_run_dir(run_path, run, fresh)
-    run_path.mkdir(parents=True, exist_ok=True)
+    run = {"config": config.to_dict(), "data_dir": data_dir, "run_dir": run_dir}
+    _check_run_dir(run_dir, run, fresh)
     log("resolved config:\n" + json.dumps(config.to_dict(), indent=2))
-    atomic_write_text(run_path / "run.json", json.dumps(run, indent=2))
+    atomic_write_text(storage.join(run_dir, "run.json"), json.dumps(run, indent=2))
 
     ensure_ray()
     check_placement(config)
-    trainer = make_trainer(run, config, storage_path=str(run_path / "ray"), name=RUN_NAME)
+    trainer = make_trainer(run, config, storage_path=storage.join(run_dir, "ray"), name=RUN_NAME)
     result = trainer.fit()
     if result.error:
         raise result.error
     summary = dict(result.return_value or {})
     if result.checkpoint is not None:
+        final = storage.join(run_dir, "final")
         with result.checkpoint.as_directory() as directory:
-            copy_checkpoint(directory, run_path / "final")
-        summary["final_checkpoint"] = str(run_path / "final")
-        _, _, meta = load_checkpoint(run_path / "final")
+            copy_checkpoint(directory, final)
+            _, _, meta = load_checkpoint(directory)
+        summary["final_checkpoint"] = final
         summary["final_step"] = meta["step"]
-    atomic_write_text(run_path / "summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(
+        storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str)
+    )
     return summary

@@ -20,15 +20,16 @@ loading the optimizers and reads d_steps from its config at every step).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
-import shutil
 import threading
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
+from raygan import storage
 from raygan.checkpoint import META_FILE, atomic_write_text, copy_checkpoint
 from raygan.errors import RayganError
 from raygan.tune_space import SearchSpace, load_space
@@ -53,7 +54,7 @@ def tune_trial(hparams: dict[str, Any], *, setup: dict[str, Any]) -> None:
     run = {
         "config": config.to_dict(),
         "data_dir": setup["data_dir"],
-        "run_dir": str(Path(setup["tune_dir"]) / "trials" / trial_id),
+        "run_dir": storage.join(setup["tune_dir"], "trials", trial_id),
         "checkpoint_meta": {"trial_id": trial_id},
     }
     checkpoint = ray.tune.get_checkpoint()  # [1] our own (resume) or a donor's (PBT exploit)
@@ -144,11 +145,11 @@ def _run_distributed(run, config, checkpoint, restored, trial_id: str) -> None:
     donor = None
     if checkpoint is not None:  # Tune's Checkpoint -> Train's (same storage, another class)
         donor = ray.train.Checkpoint(path=checkpoint.path, filesystem=checkpoint.filesystem)
-    storage = Path(run["run_dir"]) / "train"
+    train_storage = storage.join(run["run_dir"], "train")
     trainer = make_trainer(
         run,
         config,
-        storage_path=str(storage),
+        storage_path=train_storage,
         # A fresh name per (re)start: a reused name would resume that run's own last checkpoint
         # instead of the donor's.
         name=f"segment-{uuid.uuid4().hex[:8]}",
@@ -173,7 +174,7 @@ def _run_distributed(run, config, checkpoint, restored, trial_id: str) -> None:
         raise RayganError(
             f"trial {trial_id}: distributed training failed: {result and result.error}"
         )
-    shutil.rmtree(storage, ignore_errors=True)  # Tune holds copies of what it needs
+    storage.delete(train_storage)  # Tune holds copies of what it needs
 
 
 # ---------------------------------------------------------------- the search
@@ -197,15 +198,14 @@ def run_tune(
     from raygan.data import load_manifest, verify
     from raygan.ray_env import ensure_ray
 
-    data_dir, out = os.path.abspath(data_dir), Path(tune_dir).resolve()
+    data_dir, out = storage.absolute(data_dir), storage.absolute(tune_dir)
     verify(data_dir)
     space = load_space(space_path, data_kind=load_manifest(data_dir)["kind"])
     space = space.with_overrides(_absolute_paths(overrides or {}), trials=trials)
     config = space.trial_config(data_dir)  # every fixed key resolved before any trial starts
     request = {"space": space.to_dict(), "data_dir": data_dir, "scheduler": scheduler}
     _check_tune_dir(out, request, fresh)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "tune.json", json.dumps(request, indent=2))
+    atomic_write_text(storage.join(out, "tune.json"), json.dumps(request, indent=2))
 
     # Tune warns when frequent checkpoints force experiment snapshots: expected at small sizes.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -238,24 +238,16 @@ def _absolute_paths(overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_tune_dir(out: Path, request: dict, fresh: bool) -> None:
-    saved = out / "tune.json"
-    if not saved.exists():
+def _check_tune_dir(out: str, request: dict, fresh: bool) -> None:
+    saved = storage.join(out, "tune.json")
+    if not storage.is_file(saved):
         return
     if fresh:
-        for name in (
-            "ray",
-            "trials",
-            "best",
-            "tune.json",
-            "results.json",
-            "results.md",
-            "metric.png",
-        ):
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        names = ("ray", "trials", "best", "tune.json", "results.json", "results.md", "metric.png")
+        for name in names:
+            storage.delete(storage.join(out, name))
         return
-    if json.loads(saved.read_text()) != json.loads(json.dumps(request)):
+    if json.loads(storage.read_text(saved)) != json.loads(json.dumps(request)):
         raise RayganError(
             f"{out} holds a search with another space, data or scheduler; use the same command "
             "to resume, another --out, or --fresh to start over"
@@ -277,12 +269,12 @@ def _trials_that_fit(config) -> int:
     return max(1, workers // t.num_workers)
 
 
-def _make_tuner(space: SearchSpace, data_dir: str, out: Path, config, max_concurrent, scheduler):
+def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurrent, scheduler):
     from ray import tune
 
     trainable = tune.with_parameters(
         tune_trial,
-        setup={"data_dir": data_dir, "tune_dir": str(out), "fixed": space.trial_overrides()},
+        setup={"data_dir": data_dir, "tune_dir": out, "fixed": space.trial_overrides()},
     )
     t = config.trainer
     if t.num_workers == 1:
@@ -290,9 +282,9 @@ def _make_tuner(space: SearchSpace, data_dir: str, out: Path, config, max_concur
     else:
         resources = DRIVER_RESOURCE
     trainable = tune.with_resources(trainable, resources)
-    storage = str(out / "ray")
-    if tune.Tuner.can_restore(os.path.join(storage, EXPERIMENT)):
-        return tune.Tuner.restore(os.path.join(storage, EXPERIMENT), trainable, resume_errored=True)
+    experiment = storage.join(out, "ray", EXPERIMENT)
+    if tune.Tuner.can_restore(experiment):
+        return tune.Tuner.restore(experiment, trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
@@ -308,7 +300,7 @@ def _make_tuner(space: SearchSpace, data_dir: str, out: Path, config, max_concur
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
-            storage_path=storage,
+            storage_path=storage.join(out, "ray"),
             # Keep the best checkpoints for best/ export (the latest is always kept for PBT);
             # fewer than 4 made PBT clones fail when a donor's checkpoint was rotated away.
             checkpoint_config=tune.CheckpointConfig(
@@ -325,7 +317,7 @@ def _make_tuner(space: SearchSpace, data_dir: str, out: Path, config, max_concur
 # ---------------------------------------------------------------- outputs
 
 
-def summarize(grid, space: SearchSpace, out: Path) -> dict[str, Any]:
+def summarize(grid, space: SearchSpace, out: str) -> dict[str, Any]:
     """results.json, results.md, metric.png and best/ from a finished ResultGrid."""
     from raygan.report import markdown_table
 
@@ -334,8 +326,8 @@ def summarize(grid, space: SearchSpace, out: Path) -> dict[str, Any]:
     best_result = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
     best_ckpt = best_result.get_best_checkpoint(metric=space.metric, mode=space.mode)
     with best_ckpt.as_directory() as directory:
-        copy_checkpoint(directory, out / "best")
-    meta = json.loads((out / "best" / META_FILE).read_text())
+        copy_checkpoint(directory, storage.join(out, "best"))
+        meta = json.loads((Path(directory) / META_FILE).read_text())
     summary = {
         "metric": space.metric,
         "mode": space.mode,
@@ -343,13 +335,13 @@ def summarize(grid, space: SearchSpace, out: Path) -> dict[str, Any]:
             "trial_id": best_result.metrics["trial_id"],
             "metric": meta["metrics"][space.metric],
             "step": meta["step"],
-            "checkpoint": str(out / "best"),
+            "checkpoint": storage.join(out, "best"),
             "config": {k: best_result.config[k] for k in space.search},
         },
         "trials": trials,
         "exploits": sum(len(t["lineage"]) for t in trials),
     }
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(storage.join(out, "results.json"), json.dumps(summary, indent=2, default=str))
     rows = [
         {
             "trial": t["trial_id"],
@@ -363,8 +355,8 @@ def summarize(grid, space: SearchSpace, out: Path) -> dict[str, Any]:
         for t in trials
     ]
     table = markdown_table(list(rows[0]), [list(r.values()) for r in rows])
-    atomic_write_text(out / "results.md", table + "\n")
-    plot_metric(grid, space, out / "metric.png")
+    atomic_write_text(storage.join(out, "results.md"), table + "\n")
+    storage.write_bytes(storage.join(out, "metric.png"), plot_metric(grid, space))
     return summary
 
 
@@ -394,7 +386,7 @@ def _trial_summary(result, space: SearchSpace) -> dict[str, Any]:
     }
 
 
-def plot_metric(grid, space: SearchSpace, path: Path) -> None:
+def plot_metric(grid, space: SearchSpace) -> bytes:
     """The metric over training steps per trial; a marker where a trial took a donor's checkpoint."""
     import matplotlib
 
@@ -414,7 +406,7 @@ def plot_metric(grid, space: SearchSpace, path: Path) -> None:
     ax.set_title(f"PBT: {space.metric} per trial (triangles: exploit of a better trial)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    return png.getvalue()
