@@ -106,7 +106,9 @@ def _run_tune(args) -> int:
         args.space, args.data, args.out, trials=args.trials, scheduler=args.scheduler,
         overrides=parse_key_values(args.overrides), fresh=args.fresh,
     )  # fmt: skip
-    print((Path(args.out) / "results.md").read_text(), end="")
+    from raygan import storage
+
+    print(storage.read_text(storage.join(args.out, "results.md")), end="")
     print(f"best checkpoint: {summary['best']['checkpoint']}")
     return 0
 
