@@ -255,7 +255,7 @@ class TensorBoard:
                 shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def _seed_step(cfg: Config, step: int, rank: int, world: int) -> RowStreams:
+def _seed_step(cfg: Config, step: int, rank: int, world: int, device: torch.device) -> RowStreams:
     """Reseed this step's randomness: the global RNG (dropout) per rank, and sampling streams
     per slice of the global batch, so the numbers depend on (seed, step) and not on history."""
     seed = cfg.schedule.seed
@@ -264,7 +264,11 @@ def _seed_step(cfg: Config, step: int, rank: int, world: int) -> RowStreams:
     if streams % world:
         raise RayganError(f"rng_streams={streams} must be a multiple of num_workers={world}")
     mine = range(rank * streams // world, (rank + 1) * streams // world)
-    return RowStreams([torch.Generator().manual_seed(_mix(seed, step, s)) for s in mine])
+    # Generators live on the training device: CUDA draws need a CUDA generator, and drawing the
+    # Gumbel noise on the CPU would copy (B, V) floats per token to the GPU.
+    return RowStreams(
+        [torch.Generator(device=device).manual_seed(_mix(seed, step, s)) for s in mine]
+    )
 
 
 def _autocast(cfg: Config, device: torch.device):
@@ -346,7 +350,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
 
     while step < total:
         phase, phase_start, phase_size = phase_of(step, cfg)
-        rng = _seed_step(cfg, step, rank, world)
+        rng = _seed_step(cfg, step, rank, world, device)
         with _autocast(cfg, device):
             if phase == "mle":
                 stats = mle_step(

@@ -46,9 +46,11 @@ class RowStreams:
         else:
             sizes = self.sizes
             assert sum(sizes) == rows, f"streams cover {sum(sizes)} rows, the draw has {rows}"
+        # A generator draws on its own device (a CPU-seeded request served on a GPU: the same
+        # numbers as on the CPU), then the rows move to `device`.
         return torch.cat(
             [
-                fn((size, *cols), generator=g, device=device)
+                fn((size, *cols), generator=g, device=g.device).to(device)
                 for g, size in zip(self.generators, sizes, strict=True)
             ]
         )
@@ -67,7 +69,10 @@ def rand_rows(rng: Rng, rows: int, *cols: int, device=None, normal: bool = False
     """(rows, *cols) uniform (or standard normal) draws from a generator or from row streams."""
     if isinstance(rng, RowStreams):
         return (rng.randn if normal else rng.rand)(rows, *cols, device=device)
-    return (torch.randn if normal else torch.rand)((rows, *cols), generator=rng, device=device)
+    fn = torch.randn if normal else torch.rand
+    if rng is None:
+        return fn((rows, *cols), device=device)
+    return fn((rows, *cols), generator=rng, device=rng.device).to(device)
 
 
 @dataclass

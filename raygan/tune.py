@@ -114,8 +114,13 @@ def _run_in_process(run: dict[str, Any], checkpoint, restored: dict[str, Any]) -
         ckpt = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         reporter(metrics, ckpt)
 
+    import torch
+
+    # With use_gpu, Tune gave this trial one GPU (CUDA_VISIBLE_DEVICES names it).
+    use_gpu = run["config"]["trainer"]["use_gpu"]
+    device = torch.device("cuda" if use_gpu else "cpu")
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
-        train_loop(run, WorkerContext(report=report, restore_dir=restore_dir))
+        train_loop(run, WorkerContext(device=device, report=report, restore_dir=restore_dir))
 
 
 def _forward_reports_callback(reports, acks):
