@@ -21,7 +21,6 @@ replicas (`reconfigure`). Either way no request fails.
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and
 # under Serve's ingress wrapper string annotations are not resolved (the body became a query).
-import asyncio
 import math
 from pathlib import Path
 from typing import Any
@@ -219,8 +218,11 @@ class GeneratorServer:
     async def _generate_batch(
         self, models: list[ServedModel], requests: list[SampleRequest]
     ) -> list[tuple[SampleResult, int]]:
-        # torch releases the GIL: the event loop keeps accepting (and queueing) requests
-        results = await asyncio.to_thread(_sample_by_model, models, requests)
+        # Sampled right here, blocking this loop: requests arriving meanwhile queue up and form
+        # the next batch. A worker thread (asyncio.to_thread) measured 2x slower at concurrency
+        # 32 with batches of 3 instead of 15: tiny torch ops hold the GIL, so the replica's
+        # request-receiving threads waited on it (scripts/bench_serve.py, BENCHMARKS.md).
+        results = _sample_by_model(models, requests)
         return [(result, len(requests)) for result in results]
 
 

@@ -28,6 +28,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import socket
 import statistics
 import sys
@@ -415,6 +416,7 @@ def main() -> int:
         replace_section(args.markdown, "serve", report_text(json.loads(args.from_json.read_text())))
         return 0
     ray_environment()  # RAY_USAGE_STATS_ENABLED=0, RAY_AUTH_MODE=disabled
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up Ray and temp dirs too
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rgs-", dir="/tmp")  # short socket paths
     torch.set_num_threads(1)
     started = time.perf_counter()
