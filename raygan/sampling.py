@@ -54,13 +54,18 @@ class ServedModel:
 
 
 def load_model(path: str | Path) -> ServedModel:
-    """Load a checkpoint dir (or a RUN_DIR's final/, a TUNE_DIR's best/) with its codec."""
+    """Load a checkpoint dir (or a RUN_DIR's final/, a TUNE_DIR's best/) with its codec.
+
+    `directory` is where it came from, one any node can load again: the absolute checkpoint
+    directory, or the URI as given (not the local cache a URI is downloaded to)."""
+    from raygan import storage
     from raygan.checkpoint import load_generator, resolve_checkpoint_dir
     from raygan.data import load_codec
 
-    directory = resolve_checkpoint_dir(path).resolve()
-    gen, config, meta = load_generator(directory)  # torch.load(weights_only=True)
-    return ServedModel(gen, load_codec(str(directory)), config, meta, str(directory))
+    local = resolve_checkpoint_dir(path).resolve()
+    gen, config, meta = load_generator(local)  # torch.load(weights_only=True)
+    source = str(path) if storage.is_uri(path) else str(local)
+    return ServedModel(gen, load_codec(str(local)), config, meta, source)
 
 
 @dataclass(frozen=True, kw_only=True)

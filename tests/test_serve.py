@@ -115,6 +115,15 @@ def test_requests_sample_alike_alone_and_batched(checkpoints, z_dim):
     )
 
 
+def test_a_checkpoint_uri_stays_a_uri(checkpoints):
+    """Replicas may run on other nodes: they get the URI, not this node's download cache."""
+    uri = Path(checkpoints[0]).resolve().as_uri()
+    model, local = load_model(uri), load_model(checkpoints[0])
+    assert model.directory == uri and local.directory == str(Path(checkpoints[0]).resolve())
+    request = SampleRequest(num=2, max_tokens=MAX_LEN, seed=0)
+    assert sample_batch(model, [request]) == sample_batch(local, [request])
+
+
 def test_serve_config_validates_offline():
     from ray.serve.schema import ServeDeploySchema
 
