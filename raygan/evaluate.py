@@ -181,7 +181,9 @@ def _pretrain(gen, train_NT, bench, evaluate, log):
 def _adversarial(name, pretrained, cfg, gan_cfg, train_NT, bench, evaluate, log) -> dict:
     gen, disc = copy.deepcopy(pretrained), Discriminator(cfg)
     opt_g = torch.optim.Adam(gen.parameters(), lr=gan_cfg.g_lr, betas=(gan_cfg.adam_beta1, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=gan_cfg.disc_lr, betas=(gan_cfg.adam_beta1, 0.999))
+    opt_d = torch.optim.Adam(
+        disc.parameters(), lr=gan_cfg.disc_lr, betas=(gan_cfg.adam_beta1, 0.999)
+    )
     batches = _batches(train_NT, bench.batch_size, bench.seed + 5)
     rng = torch.Generator().manual_seed(bench.seed + 6)
     start = time.perf_counter()

@@ -299,13 +299,17 @@ def start_server(
     model = load_model(checkpoint)
     ensure_ray()
     # [4] one HTTP proxy, on the head node: 127.0.0.1 is only reachable there anyway
-    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+    # per-request access logs cost the replica and the proxy ~1 ms each: off unless asked
+    logging_config = {"enable_access_log": access_log, "log_level": "WARNING"}
+    serve.start(
+        http_options={"host": host, "port": port},
+        proxy_location="HeadOnly",
+        logging_config=logging_config,  # the controller's and proxy's INFO lines too
+    )
     app = build_app(
         model.directory, replicas=replicas, num_cpus=num_cpus, max_batch_size=max_batch_size,
         batch_wait_timeout_s=batch_wait_timeout_s,
     )  # fmt: skip
-    # per-request access logs cost the replica and the proxy ~1 ms each: off unless asked
-    logging_config = {"enable_access_log": access_log, "log_level": "WARNING"}
     serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
     return f"http://{host}:{port}"
 

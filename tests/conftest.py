@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,8 @@ def ray_cluster(tmp_path_factory):
 
     ray_environment()
     # Unix socket paths must stay short: a fresh dir under /tmp, not pytest's deep tmp path.
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+    ray_tmp = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = ray_tmp
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
@@ -81,6 +83,7 @@ def ray_cluster(tmp_path_factory):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
