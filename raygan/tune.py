@@ -26,6 +26,7 @@ import math
 import os
 import threading
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -221,7 +222,12 @@ def run_tune(
         f"{max_concurrent} at a time, metric {space.metric} ({space.mode}), scheduler {scheduler}"
     )
     tuner = _make_tuner(space, data_dir, out, config, max_concurrent, scheduler)
-    grid = tuner.fit()
+    with warnings.catch_warnings():
+        # Tune suggests reusing trial actors under PBT; an exploit here restarts the trial's
+        # process instead (a few seconds, small next to a perturbation interval), which also
+        # gives each restart clean state.
+        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+        grid = tuner.fit()
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RayganError(f"{len(errors)} of {len(grid)} trials failed; the first: {errors[0]}")
