@@ -233,7 +233,7 @@ def test_interrupted_search_resumes(ray_cluster, oracle_data, tmp_path):
     trials from their checkpoints (no trial reports a step twice) and finishes."""
     from raygan.tune import run_tune
 
-    space = {**TINY_SPACE, "trials": 1, "synch": False, "fixed": {**TINY_FIXED, "adv_steps": 30}}
+    space = {**TINY_SPACE, "trials": 1, "synch": False, "fixed": {**TINY_FIXED, "adv_steps": 60}}
     path = _space_file(tmp_path, space)
     tune_dir = tmp_path / "tune"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
@@ -253,12 +253,12 @@ def test_interrupted_search_resumes(ray_cluster, oracle_data, tmp_path):
             proc.kill()
     [rows] = _reports(tune_dir).values()
     interrupted_at = rows[-1]["step"]
-    assert interrupted_at < 33
+    assert interrupted_at < 63  # 2 MLE + 1 D + 60 adversarial steps: stopped before the end
 
     summary = run_tune(path, oracle_data, str(tune_dir), log=lambda *_: None)
     [rows] = _reports(tune_dir).values()
     steps = [r["step"] for r in rows]
-    assert steps[-1] == 33 and summary["trials"][0]["steps"] == 33
+    assert steps[-1] == 63 and summary["trials"][0]["steps"] == 63
     resumed = [r for r in rows if r["restored_step"] >= 0]
     assert resumed and not resumed[0]["exploit"]  # its own checkpoint, not a donor's
     assert resumed[0]["restored_step"] >= 2  # it went on from a checkpoint, not from step 0
