@@ -312,10 +312,11 @@ def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurr
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=storage.join(out, "ray"),
-            # Keep the best checkpoints for best/ export (the latest is always kept for PBT);
-            # fewer than 4 made PBT clones fail when a donor's checkpoint was rotated away.
+            # All checkpoints by default: PBT restores a donor's checkpoint some seconds after
+            # choosing it, and any rotation (even keeping the best 4 and the latest) can delete
+            # it in between ("does not exist on storage anymore"). The score picks best/.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=4,
+                num_to_keep=space.keep_checkpoints,
                 checkpoint_score_attribute=space.metric,
                 checkpoint_score_order=space.mode,
             ),

@@ -8,6 +8,7 @@
     quantile_fraction: 0.25     # the bottom quarter copies the top quarter ...
     resample_probability: 0.25  # ... and redraws a key with this probability instead of nudging it
     synch: false                # true: decide when every trial has reached the interval
+    keep_checkpoints: null      # per trial; null keeps all (a rotated-away donor fails its clone)
     fixed:                      # train-config keys every trial shares (num_workers: 1 unless set)
       estimator: gumbel
     search:                     # train-config keys drawn per trial, then mutated by PBT
@@ -36,7 +37,7 @@ from raygan.errors import RayganError
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 SPACE_KEYS = (
     "metric", "mode", "trials", "perturbation_interval", "report_every", "quantile_fraction",
-    "resample_probability", "synch", "fixed", "search",
+    "resample_probability", "synch", "keep_checkpoints", "fixed", "search",
 )  # fmt: skip
 METRICS = {
     "oracle": {"nll_oracle": "min", "nll_test": "min", "nll_train": "min"},
@@ -89,6 +90,7 @@ class SearchSpace:
     quantile_fraction: float
     resample_probability: float
     synch: bool
+    keep_checkpoints: int | None
     fixed: dict[str, Any]
     search: dict[str, Dist]
     source: str = ""
@@ -206,6 +208,7 @@ def load_space(path: str | Path, *, data_kind: str | None = None) -> SearchSpace
         quantile_fraction=raw.get("quantile_fraction", 0.25),
         resample_probability=raw.get("resample_probability", 0.25),
         synch=raw.get("synch", False),
+        keep_checkpoints=raw.get("keep_checkpoints"),
         fixed=fixed,
         search=search,
         source=str(path),
@@ -311,6 +314,8 @@ def _check(space: SearchSpace, data_kind: str | None) -> None:
         raise RayganError(
             f"{where}: resample_probability must be in [0, 1], got {space.resample_probability}"
         )
+    if space.keep_checkpoints is not None:
+        _check_positive_int(space, "keep_checkpoints")
     if not isinstance(space.synch, bool):
         raise RayganError(f"{where}: synch must be true or false, got {space.synch!r}")
     if not all(

@@ -103,6 +103,7 @@ def test_shipped_spaces_search_the_balance():
         ({"mode": "max"}, "mode must be min"),
         ({"report_every": 3}, "must divide perturbation_interval"),
         ({"quantile_fraction": 0.9}, "quantile_fraction"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer"),
         ({"search": {"gumbel_max_temperature": {"uniform": [0.5, 10]}}}, "gumbel_max_temperature"),
     ],
 )
