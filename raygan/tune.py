@@ -106,6 +106,7 @@ class _Reporter:
 
 def _run_in_process(run: dict[str, Any], checkpoint, restored: dict[str, Any]) -> None:
     import ray.tune
+    import torch
 
     from raygan.loop import WorkerContext, train_loop
 
@@ -114,8 +115,6 @@ def _run_in_process(run: dict[str, Any], checkpoint, restored: dict[str, Any]) -
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         reporter(metrics, ckpt)
-
-    import torch
 
     # With use_gpu, Tune gave this trial one GPU (CUDA_VISIBLE_DEVICES names it).
     use_gpu = run["config"]["trainer"]["use_gpu"]
