@@ -7,12 +7,10 @@ name, then a rename); on object stores an object appears whole when its upload c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -126,23 +124,6 @@ def cache_dir(uri: str, kind: str) -> Path:
     """A stable local directory for a copy of `uri` (e.g. a checkpoint read from object storage)."""
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"raygan-{kind}" / key
-
-
-@contextlib.contextmanager
-def staged(dest: str | Path | None) -> Iterator[Path | None]:
-    """A local directory standing in for `dest`: `dest` itself when local; for a URI a temp
-    directory holding a copy of what is there, uploaded back by `sync(staging, dest)`."""
-    if dest is None or not is_uri(dest):
-        yield None if dest is None else Path(dest)
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="raygan-staged-"))
-    try:
-        if file_type(dest) == pafs.FileType.Directory:
-            fs, inner = filesystem(dest)
-            pafs.copy_files(inner, str(tmp), source_filesystem=fs)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sync(local_dir: Path, dest: str | Path) -> None:

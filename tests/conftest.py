@@ -108,3 +108,27 @@ TINY_TRAIN = {
     "d_embed_dim": 8, "d_hidden_dim": 8, "d_dropout": 0.0, "rollout_num": 2, "rng_streams": 2,
     "num_workers": 2, "loss": "standard",
 }  # fmt: skip
+
+
+TINY_WORDS = ("a", "man", "woman", "dog", "cat", "sits", "on", "the", "red", "blue", "bench",
+              "near", "tree")  # fmt: skip
+
+
+def prepare_tiny_text(root: Path, *, num_lines: int, max_len: int = 10) -> str:
+    """A seeded corpus of 3-8 word sentences from TINY_WORDS, prepared under root/data."""
+    from raygan.data import prepare_text
+
+    rng = torch.Generator().manual_seed(0)
+    lines = [
+        " ".join(
+            TINY_WORDS[i]
+            for i in torch.randint(0, len(TINY_WORDS), (int(n),), generator=rng).tolist()
+        )
+        for n in torch.randint(3, 9, (num_lines,), generator=rng)
+    ]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
+    data = str(root / "data")
+    prepare_text(
+        [str(root / "corpus.txt")], data, max_len=max_len, test_fraction=0.2, progress=False
+    )
+    return data

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from raygan.checkpoint import copy_checkpoint
@@ -26,45 +25,20 @@ from raygan.cli import main as cli_main
 from raygan.errors import RayganError
 from raygan.models import Generator
 from raygan.sampling import SampleRequest, ServedModel, load_model, sample_batch
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, TINY_WORDS, prepare_tiny_text
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = [
-    "a",
-    "man",
-    "woman",
-    "dog",
-    "cat",
-    "sits",
-    "on",
-    "the",
-    "red",
-    "blue",
-    "bench",
-    "near",
-    "tree",
-]
 MAX_LEN = 10
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> tuple[str, str]:
     """Two checkpoints (steps 2 and 4) of a tiny generator on a text corpus, trained in-process."""
-    from raygan.data import prepare_text
     from raygan.loop import WorkerContext, train_loop
     from raygan.train import resolve_config
 
     root = tmp_path_factory.mktemp("serve")
-    rng = torch.Generator().manual_seed(0)
-    lines = [
-        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (int(n),), generator=rng).tolist())
-        for n in torch.randint(3, 9, (200,), generator=rng)
-    ]
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
-    data = str(root / "data")
-    prepare_text(
-        [str(root / "corpus.txt")], data, max_len=MAX_LEN, test_fraction=0.2, progress=False
-    )
+    data = prepare_tiny_text(root, num_lines=200, max_len=MAX_LEN)
     overrides = {**TINY_TRAIN, "num_workers": 1, "mle_steps": 4, "d_pretrain_steps": 0,
                  "adv_steps": 0, "checkpoint_every": 2, "eval_every": 4, "eval_samples": 16}  # fmt: skip
     config = resolve_config(data, overrides)
@@ -295,7 +269,7 @@ def test_healthz_and_metadata(server):
     assert health["status"] == "ok" and health["model"]["step"] in (2, 4)
     meta = _get(server, "/metadata")
     assert meta["max_len"] == MAX_LEN and meta["corpus"] == "text"
-    assert meta["vocab_size"] == meta["config"]["model"]["vocab_size"] > len(WORDS)
+    assert meta["vocab_size"] == meta["config"]["model"]["vocab_size"] > len(TINY_WORDS)
     assert meta["limits"]["n"] == 64 and meta["batching"]["max_batch_size"] == 32
     assert meta["metrics"]["step"] == meta["model"]["step"] and meta["metrics"]["phase"] == "mle"
 

@@ -18,7 +18,7 @@ from raygan.cli import main as cli_main
 from raygan.errors import RayganError
 from raygan.loop import WorkerContext, bleu_f, train_loop
 from raygan.train import fit, resolve_config
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, prepare_tiny_text
 
 
 def _reference(data_dir: str, overrides: dict, restore_dir=None, stop_after=None, run_dir=None):
@@ -252,33 +252,7 @@ def test_early_stop_ends_the_phase_and_is_recorded(oracle_data):
 def test_text_corpus_trains_and_reports_bleu(tmp_path):
     """The variable-length path end to end in one process: EOS/PAD batches, BLEU-4 and
     Self-BLEU-4 against the held-out split, decoded samples."""
-    from raygan.data import prepare_text
-
-    words = [
-        "a",
-        "man",
-        "woman",
-        "dog",
-        "cat",
-        "sits",
-        "on",
-        "the",
-        "red",
-        "blue",
-        "bench",
-        "near",
-        "tree",
-    ]
-    rng = torch.Generator().manual_seed(0)
-    lines = [
-        " ".join(words[i] for i in torch.randint(0, len(words), (int(n),), generator=rng).tolist())
-        for n in torch.randint(3, 9, (240,), generator=rng)
-    ]
-    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
-    data = str(tmp_path / "data")
-    prepare_text(
-        [str(tmp_path / "corpus.txt")], data, max_len=10, test_fraction=0.2, progress=False
-    )
+    data = prepare_tiny_text(tmp_path, num_lines=240)
     overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout"}
     config = resolve_config(data, overrides)
     assert config.model.eos_id is not None and config.model.max_len == 10
