@@ -55,6 +55,23 @@ def _no_sync(model: nn.Module):
     return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def without_dropout(model: nn.Module):
+    """Train mode with every dropout rate at 0: rewards and G's gradient see D without dropout
+    noise, as in eval mode, while cuDNN's LSTM still runs a backward pass through D (it refuses
+    one in eval mode). The rates are restored afterwards."""
+    rates = [(m, m.p) for m in model.modules() if isinstance(m, nn.Dropout)]
+    rates += [(m, m.dropout) for m in model.modules() if isinstance(m, nn.RNNBase)]
+    model.train()
+    try:
+        for module, _ in rates:
+            setattr(module, "p" if isinstance(module, nn.Dropout) else "dropout", 0.0)
+        yield model
+    finally:
+        for module, rate in rates:
+            setattr(module, "p" if isinstance(module, nn.Dropout) else "dropout", rate)
+
+
 def check_batch(tokens_BT: Tensor, cfg) -> None:
     """A batch must match the model it trains: `max_len` columns and ids below `vocab_size`."""
     if tokens_BT.dim() != 2 or tokens_BT.shape[1] != cfg.max_len:
@@ -174,9 +191,8 @@ def g_step(
     """
     check_batch(real_BT, unwrap(gen).cfg)
     gen.train()
-    disc.eval()  # rewards and G's gradient use D without dropout noise
     try:
-        with _no_sync(disc):
+        with _no_sync(disc), without_dropout(disc):
             if cfg.estimator == "gumbel":
                 stats = _g_gumbel(gen, disc, real_BT, real_lengths_B, cfg, beta, generator)
             elif cfg.estimator == "rollout":

@@ -382,7 +382,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
                 evaluator, gen, cfg, step, phase, stats, stopper, board
             )
             history.append({k: v for k, v in last_metrics.items() if k != "samples"})
-            if _broadcast_flag(reason is not None):
+            if _broadcast_flag(reason is not None, device):
                 stop_reason = reason or "early stop on rank 0"
                 step = phase_start + phase_size  # the phase ends here
                 board.text("early_stopping", f"step {step}: {stop_reason}", step)
@@ -441,10 +441,11 @@ def _checkpoint_and_report(ctx, cfg, state, metrics, step, phase, data_dir, extr
         ctx.report(dict(reported), str(directory))
 
 
-def _broadcast_flag(flag: bool) -> bool:
+def _broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's flag on every rank; the tensor lives on the training device (NCCL has no CPU)."""
     if not (dist.is_available() and dist.is_initialized()):
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
 

@@ -17,6 +17,7 @@ from raygan.gan import (
     gumbel_beta,
     mle_step,
     rollout_rewards,
+    without_dropout,
 )
 from raygan.losses import d_loss, g_loss
 from raygan.metrics import nll_test, sample_tokens
@@ -201,3 +202,19 @@ def test_mle_loss_ignores_padding():
     expected = float(gen.token_nll(tokens_BT, lengths_B).sum() / 5)
     stats = mle_step(gen, opt, tokens_BT, lengths_B, lr=0.0)
     assert stats["mle_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_g_step_sees_d_without_dropout_in_train_mode(tiny_cfg):
+    """G's step scores with D's dropout off but D in train mode (cuDNN's LSTM has no backward in
+    eval mode); D's rates and mode are restored afterwards."""
+    cfg = dataclasses.replace(tiny_cfg, d_dropout=0.5, d_layers=2)
+    disc = Discriminator(cfg)
+    tokens_BT = torch.randint(0, cfg.vocab_size, (6, cfg.max_len))
+    disc.eval()
+    with torch.no_grad():
+        expected = disc(tokens_BT)[1]
+    with without_dropout(disc):
+        assert disc.training and disc.lstm.training
+        with torch.no_grad():
+            torch.testing.assert_close(disc(tokens_BT)[1], expected)
+    assert disc.dropout.p == 0.5 and disc.lstm.dropout == 0.5
