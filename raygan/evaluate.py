@@ -61,7 +61,7 @@ class OracleBenchmark:
 
 
 def add_oracle_arguments(parser, *, require_source: bool = True) -> None:
-    """The options of `raygan evaluate oracle` (also used by scripts/bench_quality.py)."""
+    """The options of `raygan evaluate oracle` (also used by scripts/bench_oracle_core.py)."""
     src = parser.add_mutually_exclusive_group(required=require_source)
     src.add_argument("--oracle-path", help="SeqGAN oracle .npz (target_params.npz)")
     src.add_argument("--random-oracle", action="store_true", help="a seeded random oracle, no file")

@@ -32,15 +32,18 @@ def sample_tokens(
     )
 
 
-def mean_token_nll(model: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None) -> float:
-    """Per-token mean NLL of `tokens_BT` under `model`, averaged over all non-padding tokens."""
+def mean_token_nll(
+    model: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None, temperature: float = 1.0
+) -> float:
+    """Per-token mean NLL of `tokens_BT` under `model` (its softmax at `temperature`), averaged
+    over all non-padding tokens."""
     bare: Generator = unwrap(model)
     was_training = bare.training
     bare.eval()
     tokens_BT = tokens_BT.to(bare.head.weight.device)
     if lengths_B is not None:
         lengths_B = lengths_B.to(tokens_BT.device)
-    nll_BT = bare.token_nll(tokens_BT, lengths_B)
+    nll_BT = bare.token_nll(tokens_BT, lengths_B, temperature=temperature)
     bare.train(was_training)
     total = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT).sum()
     return float(nll_BT.double().sum() / total)
@@ -54,6 +57,9 @@ def nll_oracle(
     return mean_token_nll(oracle, samples.tokens_BT)
 
 
-def nll_test(gen: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None) -> float:
-    """NLL_test: held-out real sequences under G; padding after EOS is not counted."""
-    return mean_token_nll(gen, tokens_BT, lengths_B)
+def nll_test(
+    gen: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None, temperature: float = 1.0
+) -> float:
+    """NLL_test: held-out real sequences under G (at `temperature`, the distribution G samples
+    from there); padding after EOS is not counted."""
+    return mean_token_nll(gen, tokens_BT, lengths_B, temperature)

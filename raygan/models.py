@@ -138,10 +138,15 @@ def sample_categorical(
     return draw_B.clamp_(max=logits_BV.shape[-1] - 1)
 
 
-def log_probs(gen: nn.Module, tokens_BT: Tensor, z_BZ: Tensor | None = None) -> Tensor:
+def log_probs(
+    gen: nn.Module, tokens_BT: Tensor, z_BZ: Tensor | None = None, temperature: float = 1.0
+) -> Tensor:
     """log p(token_t | tokens_<t), (B, T), computed by calling `gen` itself: a DDP-wrapped
-    generator then synchronises the gradient; a bare one works the same."""
+    generator then synchronises the gradient; a bare one works the same. `temperature` scores
+    under the distribution that sampling at that temperature draws from."""
     logits_BTV = gen(tokens_BT, z_BZ=z_BZ).float()
+    if temperature != 1.0:
+        logits_BTV = logits_BTV / temperature
     nll = F.cross_entropy(logits_BTV.flatten(0, 1), tokens_BT.flatten(), reduction="none")
     return -nll.view_as(tokens_BT)
 
@@ -350,13 +355,20 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def token_nll(
-        self, tokens_BT: Tensor, lengths_B: Tensor | None = None, *, chunk: int = 32
+        self,
+        tokens_BT: Tensor,
+        lengths_B: Tensor | None = None,
+        *,
+        temperature: float = 1.0,
+        chunk: int = 32,
     ) -> Tensor:
         """Per-token negative log-likelihood (B, T), zero on padding; z at its prior mean.
 
         Scores `chunk` sequences at a time so the (chunk*T, V) logits stay in cache.
         """
-        nll_BT = torch.cat([-log_probs(self, part) for part in tokens_BT.split(chunk)])
+        nll_BT = torch.cat(
+            [-log_probs(self, part, temperature=temperature) for part in tokens_BT.split(chunk)]
+        )
         return nll_BT * length_mask(lengths_B, tokens_BT.shape[1], tokens_BT)
 
 

@@ -1,0 +1,102 @@
+"""Oracle benchmark in one process (no Ray): MLE, then each estimator; JSON + a BENCHMARKS.md table.
+
+    python scripts/bench_oracle_core.py --oracle-path ../shared/data/seqgan_oracle/target_params.npz \
+        --json benchmarks/oracle_core.json
+    python scripts/bench_oracle_core.py --from-json benchmarks/oracle_core.json   # tables only
+    python scripts/bench_oracle_core.py --smoke-test                             # tiny, ~1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from raygan.evaluate import (  # noqa: E402
+    PUBLISHED,
+    OracleBenchmark,
+    add_oracle_arguments,
+    benchmark_from_args,
+    run_oracle_benchmark,
+    write_result,
+)
+from raygan.report import load_json, markdown_table, replace_section  # noqa: E402
+
+
+def oracle_section(result: dict) -> str:
+    cfg = result["config"]
+    rows = [
+        [p["phase"], p["nll_oracle"], p["nll_test"], f"{p['wall_s']:.0f}"] for p in result["phases"]
+    ]
+    published = ", ".join(f"{k} {v}" for k, v in PUBLISHED.items())
+    oracle = "SeqGAN oracle" if cfg["oracle_path"] else f"random oracle (seed {cfg['seed']})"
+    return "\n".join(
+        [
+            f"Oracle: {oracle}; {cfg['num_train']:,} training samples, NLL_test on {cfg['num_test']:,} "
+            f"held-out oracle samples, NLL_oracle on {cfg['eval_samples']:,} samples at temperature 1, "
+            f"batch {cfg['batch_size']}. The oracle scores its own held-out samples at "
+            f"{result['oracle_own_nll']:.4f}.",
+            "",
+            markdown_table(["phase", "NLL_oracle", "NLL_test", "wall s (phase)"], rows),
+            "",
+            f"Published NLL_oracle on this oracle: {published} (SeqGAN paper Table 1; RelGAN's "
+            "table). MLE wall time is cumulative; each adversarial row counts its own phase.",
+            "",
+            f"Command: `{result['command']}` ({result['machine']}, {result['finished']}).",
+        ]
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_oracle_arguments(parser, require_source=False)
+    parser.add_argument("--json", default="benchmarks/oracle_core.json")
+    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--from-json", help="only regenerate the BENCHMARKS.md section")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes; writes no markdown")
+    args = parser.parse_args()
+
+    if args.from_json:
+        replace_section(args.markdown, "oracle-core", oracle_section(load_json(args.from_json)))
+        return 0
+    bench = benchmark_from_args(args)
+    if args.smoke_test:
+        from raygan.config import ModelConfig
+
+        bench = OracleBenchmark(
+            num_train=512,
+            num_test=256,
+            batch_size=32,
+            mle_epochs=2,
+            eval_every_epochs=1,
+            adv_steps=3,
+            d_pretrain_steps=2,
+            eval_samples=256,
+            model=ModelConfig(vocab_size=50, max_len=8, g_embed_dim=16, g_hidden_dim=16),
+        )
+    result = run_oracle_benchmark(bench)
+    result["command"] = "python " + shlex.join(sys.argv)
+    result["machine"] = f"{platform.processor() or platform.machine()}, torch threads {_threads()}"
+    result["finished"] = time.strftime("%Y-%m-%d")
+    write_result(result, args.json)
+    print(f"wrote {args.json}")
+    if not args.smoke_test:
+        replace_section(args.markdown, "oracle-core", oracle_section(result))
+        print(f"updated {args.markdown}")
+    return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
