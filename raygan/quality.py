@@ -205,11 +205,17 @@ def _oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
             )
             gan = _train(plan, data_dir, f"oracle_{method}_s{seed}", overrides, log)
             runs.append(
-                {"method": method, "seed": seed, **gan, **score(gan["checkpoint"], 1.0, seed)}
-            )
+                {"method": method, "seed": seed, **gan, **score(gan["checkpoint"], 1.0, seed),
+                 "dynamics": _dynamics(gan["run_dir"])}
+            )  # fmt: skip
             _log_scores(log, runs[-1])
 
     summary = {m: _mean_std(runs, m, ("nll_oracle", "nll_test", "wall_s")) for m in _methods(plan)}
+    for method in plan.methods:  # paired with the same seed's MLE run: seed noise cancels
+        summary[method]["change_vs_mle"] = {
+            key: _mean_std(_paired(runs, method, key), method, ("delta",))["delta"]
+            for key in ("nll_oracle", "nll_test")
+        }
     best = (
         min(plan.methods, key=lambda m: summary[m]["nll_oracle"]["mean"]) if plan.methods else None
     )
@@ -261,6 +267,35 @@ def _mean_std(runs: list[dict], method: str, keys: tuple[str, ...]) -> dict[str,
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         }
     return out
+
+
+DYNAMICS = ("d_real_acc", "d_fake_acc", "d_loss", "g_loss", "g_grad_norm")
+
+
+def _dynamics(run_dir: str) -> dict[str, dict[str, float]]:
+    """D's accuracy on real and fake, the losses and G's gradient norm, averaged over the first
+    and the last quarter of the adversarial steps (from the run's TensorBoard events): the
+    evidence for what held a GAN back (D winning outright, G's gradient vanishing, ...)."""
+    from raygan.report import read_scalars
+
+    scalars = read_scalars(Path(run_dir) / "tb")
+    out = {}
+    for key in DYNAMICS:
+        values = [v for _, v in scalars.get(f"adversarial/{key}", [])]
+        if values:
+            q = max(1, len(values) // 4)
+            out[key] = {
+                "first": statistics.fmean(values[:q]),
+                "last": statistics.fmean(values[-q:]),
+            }
+    return out
+
+
+def _paired(runs: list[dict], method: str, key: str) -> list[dict]:
+    mle = {r["seed"]: r[key] for r in runs if r["method"] == "mle"}
+    return [
+        {"method": method, "delta": r[key] - mle[r["seed"]]} for r in runs if r["method"] == method
+    ]
 
 
 def _public(run: dict) -> dict:
@@ -356,6 +391,8 @@ def _text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
         runs.append(
             {"method": method, "seed": seed, **_public(run), **score(run["checkpoint"], 1.0, True)}
         )
+        if method != "mle":
+            runs[-1]["dynamics"] = _dynamics(run["run_dir"])
         _log_scores(log, runs[-1])
         sweeps[method] = [
             score(run["checkpoint"], t, False) for t in plan.temperatures if t != 1.0
@@ -506,6 +543,7 @@ def markdown(result: dict[str, Any]) -> str:
             ),
             "",
         ]
+        lines += _dynamics_table(o["runs"], o["summary"])
         lines += [
             "Published NLL_oracle on this oracle: "
             + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_ORACLE.items())
@@ -550,6 +588,17 @@ def markdown(result: dict[str, Any]) -> str:
         for name, scores in PUBLISHED_COCO.items():
             rows.append([f"{name} (published)", *scores, *["—"] * 4, "—", "—", "—"])
         lines += [markdown_table(header, rows), ""]
+        dyn = t["runs"][1].get("dynamics", {})
+        if dyn:
+            lines += [
+                f"`{t['runs'][1]['method']}` adversarial dynamics (first → last quarter): "
+                + ", ".join(
+                    f"{key} {dyn[key]['first']:.3g} → {dyn[key]['last']:.3g}"
+                    for key in DYNAMICS if key in dyn
+                )
+                + ".",
+                "",
+            ]  # fmt: skip
         note = t["runs"][0]["fed_note"]
         lines += [f"FED: {note}. Published rows: RelGAN (Nie et al., ICLR 2019), Table 2.", ""]
         temps = [p["temperature"] for p in next(iter(t["sweeps"].values()))]
@@ -570,6 +619,42 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"![quality-diversity]({result.get('plot', 'quality.png')})", "",
               f"Command: `{result.get('command', '')}` ({result.get('machine', '')}, {result.get('finished', '')})."]  # fmt: skip
     return "\n".join(lines)
+
+
+def _dynamics_table(runs: list[dict], summary: dict) -> list[str]:
+    """Per GAN: the change from its own seed's MLE run, and D's accuracy and G's gradient norm
+    in the first and last quarter of the adversarial steps (means over seeds)."""
+    from raygan.report import markdown_table
+
+    def moved(method: str, key: str) -> str:
+        mine = [
+            r["dynamics"][key]
+            for r in runs
+            if r["method"] == method and key in r.get("dynamics", {})
+        ]
+        if not mine:
+            return "—"
+        first = statistics.fmean(d["first"] for d in mine)
+        last = statistics.fmean(d["last"] for d in mine)
+        return f"{first:.3g} → {last:.3g}"
+
+    rows = [
+        [method, _pm(stats["change_vs_mle"]["nll_oracle"]), _pm(stats["change_vs_mle"]["nll_test"]),
+         moved(method, "d_real_acc"), moved(method, "d_fake_acc"), moved(method, "g_grad_norm")]
+        for method, stats in summary.items() if "change_vs_mle" in stats
+    ]  # fmt: skip
+    if not rows:
+        return []
+    header = ["method", "Δ NLL_oracle vs own MLE", "Δ NLL_test vs own MLE", "D acc real",
+              "D acc fake", "G grad norm"]  # fmt: skip
+    return [
+        "Change from each seed's own MLE run, and the adversarial dynamics (first → last quarter "
+        "of the adversarial steps, means over seeds; D accuracy = share of real scored real, of "
+        "fake scored fake):",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
 
 
 def _yes(flag: bool | None) -> str:

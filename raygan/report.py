@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 
 from raygan.checkpoint import atomic_write_text
@@ -40,3 +41,25 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def load_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the tensorboardX event files under `logdir`, by tag, as (step, value) in
+    file order. The files are TFRecords (length, its CRC, an Event proto, its CRC); the CRCs are
+    not checked, and a record cut short by a crash ends the file."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):
+            (size,) = struct.unpack_from("<Q", data, pos)
+            record = data[pos + 12 : pos + 12 + size]
+            pos += 12 + size + 4
+            if len(record) < size:
+                break
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

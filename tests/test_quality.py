@@ -18,6 +18,7 @@ from raygan.errors import RayganError
 from raygan.metrics import mean_token_nll
 from raygan.models import Generator
 from raygan.quality import (
+    DYNAMICS,
     QualityPlan,
     _dominated,
     _mean_std,
@@ -25,6 +26,7 @@ from raygan.quality import (
     frechet_distance,
     markdown,
 )
+from raygan.report import read_scalars
 from tests.conftest import TINY, TINY_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +62,10 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
     assert {(r["method"], r["seed"]) for r in oracle["runs"]} == expected
     for run in oracle["runs"]:
         assert Path(run["checkpoint"], "state.pt").is_file() and run["wall_s"] > 0
+        if run["method"] != "mle":  # read back from the run's TensorBoard events
+            assert set(run["dynamics"]) == set(DYNAMICS)
+            assert all(0 <= run["dynamics"][k][e] <= 1 for k in ("d_real_acc", "d_fake_acc")
+                       for e in ("first", "last"))  # fmt: skip
         steps = plan["mle_steps"] if run["method"] == "mle" else (
             plan["d_pretrain_steps"] + plan["adv_steps"][run["method"]]
         )  # fmt: skip
@@ -112,11 +118,29 @@ def test_text_benchmark_scores_bleu_self_bleu_and_sweeps(ray_cluster, tmp_path):
         assert all(0 < b <= 1 for b in bleu) and bleu == sorted(bleu, reverse=True)
         assert all(0 <= run[f"self_bleu{n}"] <= 1 for n in (2, 3, 4, 5))
         assert run["fed"] is None and run["fed_note"]
+        assert run["method"] == "mle" or set(run["dynamics"]) == set(DYNAMICS)
         assert len(run["samples"]) == 5
     assert text["num_references"] == 100
     assert text["goal"]["bleu"] == [text["runs"][1][f"bleu{n}"] for n in (2, 3, 4, 5)]
     for points in text["sweeps"].values():
         assert [p["temperature"] for p in points] == list(result["plan"]["temperatures"])
+
+
+def test_read_scalars_reads_tensorboardx_events_back(tmp_path):
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(1, 6):
+        writer.add_text("samples", "a man", step)
+        writer.add_scalar("adversarial/d_loss", step / 10, step)
+    writer.close()
+    got = read_scalars(tmp_path)
+    assert got["adversarial/d_loss"] == [(s, pytest.approx(s / 10)) for s in range(1, 6)]
+    assert set(got) == {"adversarial/d_loss"}
+    # A file cut short mid-record (a crash) keeps the records before the cut.
+    events = next(tmp_path.glob("events.out.tfevents.*"))
+    events.write_bytes(events.read_bytes()[:-7])
+    assert len(read_scalars(tmp_path)["adversarial/d_loss"]) == 4
 
 
 def test_summary_is_the_mean_and_sample_std_over_seeds():
