@@ -519,13 +519,16 @@ def markdown(result: dict[str, Any]) -> str:
     from raygan.report import markdown_table
 
     plan, lines = result["plan"], []
-    batch = plan["train_overrides"].get("batch_size", 64)
+    settings = plan["train_overrides"]
+    batch = settings.get("batch_size", 64)
+    gpu = str(settings.get("use_gpu", "")).lower() in ("true", "1")
+    workers = f"{settings.get('num_workers', 1)} {'GPU' if gpu else 'CPU'} worker(s)"
     if "oracle" in result:
         o = result["oracle"]
         lines += [
             f"**Oracle** ({o['source']}; {plan['num_train']:,} training and {plan['num_test']:,} "
             f"held-out samples, length {plan['max_len']}, batch {batch}). Every row is `raygan train` on "
-            f"Ray Train (1 CPU worker) with seeds {', '.join(map(str, plan['seeds']))}; GAN runs start "
+            f"Ray Train ({workers}) with seeds {', '.join(map(str, plan['seeds']))}; GAN runs start "
             f"from the same seed's MLE run ({plan['mle_steps']:,} MLE steps), then "
             f"{plan['d_pretrain_steps']} D pretraining steps and the adversarial steps shown. "
             f"NLL_oracle on {plan['eval_samples']:,} samples at temperature 1; NLL_test on the "

@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-method", default=QualityPlan.text_method)
     p.add_argument("--fed-model", help="sentence-transformers model (name or path), loaded offline")
     p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="raygan train settings for every run, e.g. use_gpu=true num_workers=2",
+    )
+    p.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section to write")
+    p.add_argument(
         "--small", action="store_true", help="tiny sizes: checks the pipeline, not quality"
     )
     p.add_argument("--json", default="benchmarks/quality.json")
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.from_json:
-            replace_section(args.markdown, SECTION, markdown(load_json(args.from_json)))
+            replace_section(args.markdown, args.section, markdown(load_json(args.from_json)))
             return 0
         plan = _plan(args)
         result = run_quality(plan)
@@ -98,16 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
     result["command"] = "python " + shlex.join(["scripts/bench_quality.py", *sys.argv[1:]])
-    result["machine"] = f"{platform.machine()}, Ray Train CPU workers"
+    result["machine"] = _machine(plan.train_overrides)
     result["finished"] = time.strftime("%Y-%m-%d")
     result["plot"] = Path(args.png).name
     plot(result, args.png)
     atomic_write_text(args.json, json.dumps(result, indent=2))
     print(f"wrote {args.json} and {args.png}")
     if args.markdown:
-        replace_section(args.markdown, SECTION, markdown(result))
+        replace_section(args.markdown, args.section, markdown(result))
         print(f"updated {args.markdown}")
     return 0
+
+
+def _machine(settings: dict) -> str:
+    import torch
+
+    if str(settings.get("use_gpu", "")).lower() in ("true", "1"):
+        return f"{torch.cuda.get_device_name()}, Ray Train GPU workers"
+    return f"{platform.machine()}, Ray Train CPU workers, torch threads {torch.get_num_threads()}"
 
 
 def _plan(args) -> QualityPlan:
@@ -140,7 +156,13 @@ def _plan(args) -> QualityPlan:
     )
     if args.small:
         plan = dataclasses.replace(plan, **SMALL)
-    return plan
+    extra = dict(plan.train_overrides)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RayganError(f"--set wants KEY=VALUE, got {item!r}")
+        extra[key] = value
+    return dataclasses.replace(plan, train_overrides=extra)
 
 
 if __name__ == "__main__":
