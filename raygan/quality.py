@@ -115,6 +115,7 @@ def run_quality(plan: QualityPlan, log: Callable[[str], None] = print) -> dict[s
 # -- training ------------------------------------------------------------------------------------
 def _train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -> dict[str, Any]:
     """One `raygan train` run into OUT/runs/NAME; a finished run is reused with its recorded time."""
+    from raygan.checkpoint import atomic_write_text
     from raygan.train import fit
 
     run_dir = Path(plan.out) / "runs" / name
@@ -145,9 +146,7 @@ def _train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -
         "loop_wall_s": summary.get("wall_s"),
         "last_eval": summary.get("final_metrics", {}),
     }
-    if "wall_s" not in summary:  # resumed after an interruption: the loop timed only its last part
-        done["loop_wall_s"] = None
-    record.write_text(json.dumps(done, indent=2, default=str))
+    atomic_write_text(record, json.dumps(done, indent=2, default=str))  # marks the run finished
     log(f"{name}: {done['steps']} steps in {done['wall_s']:.0f} s")
     return done
 
@@ -222,8 +221,13 @@ def _oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     sweep_seed = plan.seeds[0]
     sweeps = {}
     for method in ["mle"] + ([best] if best else []):
-        checkpoint = next(r for r in runs if r["method"] == method and r["seed"] == sweep_seed)
-        sweeps[method] = [score(checkpoint["checkpoint"], t, sweep_seed) for t in plan.temperatures]
+        run = next(r for r in runs if r["method"] == method and r["seed"] == sweep_seed)
+        sweeps[method] = [  # T=1 was scored with the run
+            {k: run[k] for k in ("temperature", "nll_oracle", "nll_test")}
+            if t == 1.0
+            else score(run["checkpoint"], t, sweep_seed)
+            for t in plan.temperatures
+        ]
     points = {m: [(p["nll_test"], p["nll_oracle"]) for p in pts] for m, pts in sweeps.items()}
     dominated = _dominated(points[best], points["mle"]) if best else None
     goal = None
