@@ -1,6 +1,7 @@
 """Ray Serve: a generator checkpoint behind a FastAPI HTTP endpoint, with dynamic batching.
 
     raygan serve --checkpoint tunes/a/best --port 8000            # blocks; Ctrl-C shuts Serve down
+raygan serve --checkpoint tunes/a/best --proxy python         # Serve's Python proxy, not HAProxy
     serve run raygan.serve:app_builder checkpoint=/abs/path/to/best   # Serve's own CLI
     serve deploy cluster/serve.yaml                                   # a running cluster
 
@@ -298,7 +299,8 @@ def start_server(
 
     model = load_model(checkpoint)
     ensure_ray()
-    # [4] one HTTP proxy, on the head node: 127.0.0.1 is only reachable there anyway
+    # [4] one HTTP ingress, on the head node: 127.0.0.1 is only reachable there anyway. Which
+    # one (HAProxy, or Serve's Python proxy) was fixed when Ray started: raygan.ray_env
     # per-request access logs cost the replica and the proxy ~1 ms each: off unless asked
     logging_config = {"enable_access_log": access_log, "log_level": "WARNING"}
     serve.start(

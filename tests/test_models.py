@@ -244,3 +244,48 @@ def test_row_streams_split_rollouts_like_data_parallel_workers():
         for i, seed in enumerate((5, 6))
     ]
     assert torch.equal(whole, torch.cat(halves, dim=2))
+
+
+@pytest.mark.parametrize("streams", [None, [3], [1, 4, 2]])
+def test_rand_steps_draws_what_successive_row_draws_would(streams):
+    """`sample` draws a pass's uniforms at once: it relies on a (steps, n) draw being the next
+    steps*n numbers of each stream in order, as `steps` draws of n are."""
+    from raygan.models import RowStreams, rand_rows, rand_steps
+
+    def rng():
+        if streams is None:
+            return torch.Generator().manual_seed(3)
+        return RowStreams([torch.Generator().manual_seed(s) for s in range(len(streams))], streams)
+
+    rows = 5 if streams is None else sum(streams)
+    one_by_one = rng()
+    expected = torch.stack([rand_rows(one_by_one, rows) for _ in range(7)])
+    assert torch.equal(rand_steps(rng(), 7, rows), expected)
+
+
+def test_hand_written_lstm_cell_matches_nn_lstm(tiny_cfg):
+    gen = Generator(dataclasses.replace(tiny_cfg, z_dim=3, g_layers=2))
+    tokens_B, z_BZ = torch.tensor([1, 4, 2]), torch.randn(3, 3)
+    with torch.no_grad():
+        weights, ours, theirs = gen._cell_weights(), None, None
+        for _ in range(4):
+            ours = gen._cell_advance(weights, tokens_B, z_BZ, ours)
+            theirs = gen._advance(tokens_B, z_BZ, theirs)
+            for a, b in zip(ours, theirs, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_large_samples_take_nn_lstm_and_agree_with_the_cell(tiny_cfg, monkeypatch):
+    """Up to CELL_MAX_ROWS rows `sample` steps the hand-written cell, beyond it nn.LSTM: the same
+    seed gives the same tokens either way."""
+    import raygan.models as models
+
+    gen = Generator(tiny_cfg)
+    calls = []
+    gen.lstm.register_forward_hook(lambda *_: calls.append(1))
+    cell = gen.sample(64, generator=torch.Generator().manual_seed(9)).tokens_BT
+    assert not calls
+    monkeypatch.setattr(models, "CELL_MAX_ROWS", 8)
+    lstm = gen.sample(64, generator=torch.Generator().manual_seed(9)).tokens_BT
+    assert len(calls) == tiny_cfg.max_len
+    assert torch.equal(cell, lstm)

@@ -158,12 +158,6 @@ def test_unreachable_server_is_a_one_line_error(capsys):
 
 
 # -- over HTTP ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SERVE_OPTIONS = {"replicas": 1, "num_cpus": 0.5, "batch_wait_timeout_s": 0.05}  # 0.5: fits 2 CPUs
 
 
