@@ -7,8 +7,12 @@ in page by page, zeroed. Which of a step's (rows, vocab) logits and probabilitie
 vocab 5000) take that path depends on the allocation history, so their cost varied 3-4x from
 run to run. With a fixed 32 MiB threshold and no trimming, freed blocks stay in the heap for
 the next step: (64, 5000) projection + softmax went from 2.4-3.4 ms to 0.75-0.9 ms on the
-2-vCPU VM of BENCHMARKS.md, an MLE step ~8% faster. The cost: a process's resident memory does
-not shrink after its peak. Blocks above 32 MiB still come from mmap.
+2-vCPU VM of BENCHMARKS.md, and an MLE step from 98-133 ms to 63-66 ms in a process's main
+thread. Threads other than the main one allocate from glibc's per-thread arenas, whose 64 MiB
+heaps are still created and unmapped as whole heaps empty: a Ray Train worker, which runs the
+training function in a thread of its own, gains less (74-95 ms against 104 ms in such a thread,
+single runs on a noisy machine). The cost: a process's resident memory does not shrink after its
+peak. Blocks above 32 MiB still come from mmap.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -16,13 +17,14 @@ PROXY_VAR = "RAYGAN_SERVE_PROXY"
 HAProxy binary is installed: ray[serve] on Linux ships it) or `python` (Serve's classic proxy)."""
 
 # Fixed ports and /tmp paths of Serve's HAProxy mode, which two Rays on one machine would share:
-# each Ray started here gets free ports and a directory of its own unless they are set already.
+# each Ray started here gets free ports (AUX_PORT_RANGE) and a directory of its own unless set.
 _HAPROXY_PORTS = (
     "RAY_SERVE_HAPROXY_STATS_PORT",  # HAProxy's stats page (8404); binds every interface
     "RAY_SERVE_HAPROXY_METRICS_PORT",  # its Prometheus exporter (9101); every interface
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",  # the Python proxy HAProxy falls back to (8500)
     "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",  # (9500)
 )
+AUX_PORT_RANGE = (20000, 30000)  # HAProxy's stats/metrics and the fallback proxy's ports
 _HAPROXY_FILES = {
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
     "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
@@ -81,8 +83,9 @@ def serve_proxy_environment() -> str:
         return proxy
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    for var in _HAPROXY_PORTS:
-        os.environ.setdefault(var, str(free_port()))
+    missing = [var for var in _HAPROXY_PORTS if var not in os.environ]
+    for var, port in zip(missing, free_ports(len(missing), *AUX_PORT_RANGE), strict=True):
+        os.environ[var] = str(port)
     if not all(var in os.environ for var in _HAPROXY_FILES):
         home = os.path.join(tempfile.gettempdir(), f"raygan-haproxy-{os.getpid()}")
         for var, name in _HAPROXY_FILES.items():
@@ -93,10 +96,35 @@ def serve_proxy_environment() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
+    """A TCP port nothing listens on right now (from the kernel's ephemeral range)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int, low: int, high: int) -> list[int]:
+    """`count` distinct ports in [low, high) that are free on every interface right now.
+
+    Below the kernel's ephemeral range (32768+), so a port Ray or a client picks at random
+    later cannot be one of them; Ray's worker ports are 10002-19999."""
+    taken: list[socket.socket] = []
+    try:
+        for port in random.sample(range(low, high), min(high - low, 64 * count + 64)):
+            if len(taken) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind(("", port))
+            except OSError:
+                sock.close()
+                continue
+            taken.append(sock)
+        if len(taken) < count:
+            raise RayganError(f"found only {len(taken)} of {count} free ports in [{low}, {high})")
+        return [sock.getsockname()[1] for sock in taken]
+    finally:
+        for sock in taken:
+            sock.close()
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

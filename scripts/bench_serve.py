@@ -108,7 +108,7 @@ async def load(
     sent = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     deadline = started + seconds
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
@@ -132,7 +132,9 @@ async def load(
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - started
-    return summarize(latencies, batch_sizes, failures, wall, concurrency)
+    result = summarize(latencies, batch_sizes, failures, wall, concurrency)
+    result["client_cpu"] = (time.process_time() - cpu_started) / wall  # of one CPU, this process
+    return result
 
 
 def summarize(latencies, batch_sizes, failures, wall, concurrency) -> dict:
@@ -387,23 +389,31 @@ def goals(result: dict) -> list[list]:
     ]  # fmt: skip
 
 
+def client_cpu(cell: dict) -> str:
+    """The load generator's share of one CPU (the machine has os.cpu_count() of them)."""
+    return f"{cell['client_cpu']:.0%}" if "client_cpu" in cell else "—"
+
+
 def report_text(result: dict) -> str:
     """The tables and their notes, for stdout and BENCHMARKS.md."""
     m, s, loadavg, c = result["machine"], result["sizes"], result["loadavg"], result["compute"]
     rows = [
         [c["proxy"], c["batching"], c["concurrency"], c["ok"], f"{c['requests_per_s']:,.1f}",
-         f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}", f"{c['mean_batch']:.1f}", c["failed"]]
+         f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}", f"{c['mean_batch']:.1f}", c["failed"],
+         client_cpu(c)]
         for c in result["cells"]
     ]  # fmt: skip
     sustained, kill = result["sustained"], result["kill"]
     for label, r in (("sustained, 2 replicas", sustained), ("replica killed, 2 replicas", kill)):
         rows.append(["haproxy", label, r["concurrency"], r["ok"], f"{r['requests_per_s']:,.1f}",
                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_batch']:.1f}",
-                     r["failed"]])  # fmt: skip
+                     r["failed"], client_cpu(r)])  # fmt: skip
     header = ["proxy", "batching", "concurrency", "answered", "req/s", "p50 ms", "p99 ms",
-              "mean batch", "failed"]  # fmt: skip
+              "mean batch", "failed", "client CPU"]  # fmt: skip
     top = max(s["concurrency"])
-    echo = {p: cell_of(result, "HTTP only", top, p)["requests_per_s"] for p in ("python", "haproxy")}
+    echo = {
+        p: cell_of(result, "HTTP only", top, p)["requests_per_s"] for p in ("python", "haproxy")
+    }
     lines = [
         f"Model: vocab {s['vocab']}, G {s['g_dim']}/{s['g_dim']}, {s['max_len']}-token samples, "
         f"one per request. Machine: {m['cpu']}, {m['cpus']} CPUs, Ray {m['ray']}, torch "
@@ -421,7 +431,8 @@ def report_text(result: dict) -> str:
         f"HAProxy vs {echo['python']:,.0f} through Serve's Python proxy at concurrency {top} "
         f"({echo['haproxy'] / echo['python']:.1f}x). `python` rows: RAYGAN_SERVE_PROXY=python; "
         "`haproxy` rows: the default, RAY_SERVE_ENABLE_HA_PROXY=1 and "
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (raygan.ray_env).",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (raygan.ray_env). `client CPU`: the CPU time of the "
+        "load-generating process (aiohttp) over the cell's wall time, as a share of one CPU.",
         "",
         markdown_table(["goal", "measured", "target", "met"], goals(result)),
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -31,8 +32,11 @@ def test_haproxy_sets_its_own_ports_and_files(environ, monkeypatch):
     assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
-    ports = [environ[v] for v in ray_env._HAPROXY_PORTS]
-    assert len(set(ports)) == len(ports) and all(1024 <= int(p) < 65536 for p in ports)
+    chosen = [
+        int(environ[v]) for v in ray_env._HAPROXY_PORTS if v != "RAY_SERVE_HAPROXY_STATS_PORT"
+    ]
+    low, high = ray_env.AUX_PORT_RANGE
+    assert len(set(chosen)) == len(chosen) == 3 and all(low <= p < high for p in chosen)
     home = environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
     assert str(os.getpid()) in home
     for var in ray_env._HAPROXY_FILES:
@@ -79,3 +83,15 @@ def test_serve_cli_refuses_an_unknown_proxy(capsys):
         cli_main(["serve", "--checkpoint", "x", "--proxy", "nginx"])
     assert info.value.code == 2
     assert "--proxy" in capsys.readouterr().err
+
+
+def test_free_ports_are_distinct_and_skip_a_taken_one():
+    low, high = ray_env.AUX_PORT_RANGE
+    ports = ray_env.free_ports(4, low, high)
+    assert len(set(ports)) == 4 and all(low <= p < high for p in ports)
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        port = busy.getsockname()[1]
+        busy.listen()
+        with pytest.raises(RayganError, match=rf"found only 0 of 1 free ports in \[{port}, "):
+            ray_env.free_ports(1, port, port + 1)

@@ -150,9 +150,7 @@ def test_bad_checkpoint_fails_before_serve_starts(monkeypatch, capsys):
 
 
 def test_unreachable_server_is_a_one_line_error(capsys):
-    assert (
-        cli_main(["generate", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "5"]) == 2
-    )
+    assert cli_main(["generate", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("raygan: error: cannot reach http://127.0.0.1:") and err.count("\n") == 1
 
