@@ -152,7 +152,7 @@ def sample_categorical(
 ) -> Tensor:
     """One draw per row from softmax(logits), by inverse CDF: cumsum + binary search.
 
-    Exactly the categorical distribution, and on CPU about 6x faster than torch.multinomial
+    Exactly the categorical distribution, and on CPU 6-14x faster than torch.multinomial
     at vocab 5000 (scripts/bench_train.py); -inf logits are never drawn.
     """
     probs_BV = torch.softmax(logits_BV.float(), dim=-1)

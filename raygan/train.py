@@ -137,6 +137,8 @@ def make_trainer(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raygan.malloc import worker_env
+
     t = config.trainer
     return TorchTrainer(
         train_loop_per_worker,
@@ -154,6 +156,7 @@ def make_trainer(
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             logging_config=ray.train.LoggingConfig(log_level=t.log_level),
             callbacks=callbacks or None,
+            worker_runtime_env={"env_vars": worker_env()},  # raygan.malloc
         ),
         resume_from_checkpoint=resume_from_checkpoint,
     )

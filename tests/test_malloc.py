@@ -46,3 +46,23 @@ def test_a_step_sized_tensor_comes_from_the_heap_not_fresh_pages():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and mallinfo2")
 def test_the_users_own_malloc_setting_wins():
     assert _run(MALLOC_MMAP_THRESHOLD_="262144")[0] == "False"
+
+
+def test_ray_train_workers_allocate_from_the_main_heap(monkeypatch):
+    """The trainer starts its workers with MALLOC_ARENA_MAX=1 unless the user chose otherwise."""
+    from raygan.config import Config
+    from raygan.malloc import OPT_OUT
+    from raygan.train import make_trainer
+
+    def worker_env_vars() -> dict:
+        trainer = make_trainer({}, Config(), storage_path="/tmp/raygan-unused", name="x")
+        return (trainer.run_config.worker_runtime_env or {}).get("env_vars", {})
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv(OPT_OUT, raising=False)
+    assert worker_env_vars() == {"MALLOC_ARENA_MAX": "1"}
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's own value reaches workers unchanged
+    assert worker_env_vars() == {}
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setenv(OPT_OUT, "0")
+    assert worker_env_vars() == {}
