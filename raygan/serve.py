@@ -1,7 +1,7 @@
 """Ray Serve: a generator checkpoint behind a FastAPI HTTP endpoint, with dynamic batching.
 
     raygan serve --checkpoint tunes/a/best --port 8000            # blocks; Ctrl-C shuts Serve down
-raygan serve --checkpoint tunes/a/best --proxy python         # Serve's Python proxy, not HAProxy
+    raygan serve --checkpoint tunes/a/best --proxy python         # Serve's Python proxy, not HAProxy
     serve run raygan.serve:app_builder checkpoint=/abs/path/to/best   # Serve's own CLI
     serve deploy cluster/serve.yaml                                   # a running cluster
 
