@@ -6,10 +6,11 @@ free memory at the heap's top back to the kernel; memory it gets back from the k
 in page by page, zeroed. Which of a step's (rows, vocab) logits and probabilities (1-5 MB at
 vocab 5000) take that path depends on the allocation history, so their cost varied 3-4x from
 run to run. With a fixed 32 MiB threshold and no trimming, freed blocks stay in the heap for
-the next step: (64, 5000) projection + softmax went from 2.4-3.4 ms to 0.75-0.9 ms on the
-2-vCPU VM of BENCHMARKS.md, and an MLE step from 98-133 ms to 63-66 ms in a process's main
-thread. Threads other than the main one allocate from glibc's per-thread arenas, whose 64 MiB
-heaps are still created and unmapped as whole heaps empty: Ray Train runs the training
+the next step: (64, 5000) projection + softmax went from 2.2-3.4 ms to 0.75-0.9 ms on the
+2-vCPU VM of BENCHMARKS.md, and an MLE step in a process's main thread from 74-133 ms to
+63-87 ms (single runs each; the machine is noisy). Threads other than the main one allocate
+from glibc's per-thread arenas, whose 64 MiB heaps are still created and unmapped as whole
+heaps empty: Ray Train runs the training
 function in a thread of its own, so its workers also start with MALLOC_ARENA_MAX=1
 (`worker_env`), which sends every thread to the main heap: one worker's MLE step went from
 0.094 to 0.082 s (scripts/bench_train.py). The cost: a process's resident memory does not

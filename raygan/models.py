@@ -235,9 +235,9 @@ class Generator(nn.Module):
     def _cell_advance(self, weights, tokens_B: Tensor, z_BZ: Tensor | None, state: State | None):
         """`_advance` written out as LSTM cell arithmetic (gates i, f, g, o in nn.LSTM's order).
 
-        The same numbers as nn.LSTM to float rounding (~1e-7); on a CPU one call costs 60-100 us
-        at 1-32 rows against nn.LSTM's ~250 us, a third of a served request's sampling time. From
-        ~1,000 rows on nn.LSTM is as fast or faster, so the rollouts keep it.
+        The same numbers as nn.LSTM to float rounding (~1e-7); on a CPU one call costs 60-115 us
+        at 1-32 rows against nn.LSTM's 190-260 us, which was over half of a one-row sampling step.
+        From ~1,000 rows on nn.LSTM is as fast or faster, so the rollouts keep it.
         """
         x_BI = self._inputs(self.embed(tokens_B)[:, None, :], z_BZ)[:, 0]
         if state is None:
@@ -253,17 +253,12 @@ class Generator(nn.Module):
             cs.append(c_BH)
         return torch.stack(hs), torch.stack(cs)
 
-    def _draw(
-        self, h_BH, generator, temperature=1.0, top_k=0, top_p=1.0, u_B=None, head_HV=None
-    ) -> Tensor:
-        """Sample the next token from top-layer states, projecting SAMPLE_CHUNK_ROWS rows at a time.
+    def _draw(self, h_BH, u_B, head_HV, temperature=1.0, top_k=0, top_p=1.0) -> Tensor:
+        """Sample the next token from top-layer states and one uniform per row, projecting
+        SAMPLE_CHUNK_ROWS rows at a time.
 
         `head_HV`: the head's weight transposed and contiguous, made once per sampling pass; on a
         CPU addmm with it beats nn.Linear's transposed view (2.3x at 1 row, 1.1x at 32)."""
-        if u_B is None:
-            u_B = rand_rows(generator, h_BH.shape[0], device=h_BH.device)
-        if head_HV is None:
-            head_HV = self.head.weight.t()
         draws = []
         for h_CH, u_C in zip(
             h_BH.split(SAMPLE_CHUNK_ROWS), u_B.split(SAMPLE_CHUNK_ROWS), strict=True
@@ -369,7 +364,7 @@ class Generator(nn.Module):
                 tokens_B = prefix_BP[:, t].to(device)
             else:
                 tokens_B = self._draw(
-                    state[0][-1], generator, temperature, top_k, top_p, u_TB[t - forced], head_HV
+                    state[0][-1], u_TB[t - forced], head_HV, temperature, top_k, top_p
                 )
             if cfg.variable_length:
                 tokens_B = tokens_B.masked_fill(finished_B, cfg.pad_id)
@@ -414,7 +409,7 @@ class Generator(nn.Module):
             # One uniform per active row, drawn as (B, t*M) so that batch row b's draws come from
             # b's random stream: a data-parallel worker then draws exactly its rows' numbers.
             u_R = rand_rows(generator, B, t * M, device=tokens_BT.device).T.reshape(-1)
-            next_R = self._draw(h_LRH[-1, active], generator, u_B=u_R, head_HV=head_HV)
+            next_R = self._draw(h_LRH[-1, active], u_R, head_HV)
             if cfg.variable_length:
                 next_R = next_R.masked_fill(finished_R[active], cfg.pad_id)
                 finished_R[active] |= next_R == cfg.eos_id

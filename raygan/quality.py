@@ -113,6 +113,22 @@ def run_quality(plan: QualityPlan, log: Callable[[str], None] = print) -> dict[s
 
 
 # -- training ------------------------------------------------------------------------------------
+RUN_DEFAULTS = {
+    "num_workers": 1,
+    "eval_samples": 1000,
+    "checkpoint_every": 1000,
+    "keep_checkpoints": 1,
+}
+
+
+def trainer_settings(train_overrides: dict[str, Any]):
+    """The trainer section (workers, GPU, ...) every run resolves from these settings;
+    RayganError naming a key `raygan train` does not know or a value of the wrong type."""
+    from raygan.config import Config, apply_overrides
+
+    return apply_overrides(Config(), {**RUN_DEFAULTS, **train_overrides}).trainer
+
+
 def _train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -> dict[str, Any]:
     """One `raygan train` run into OUT/runs/NAME; a finished run is reused with its recorded time."""
     from raygan.checkpoint import atomic_write_text
@@ -120,14 +136,7 @@ def _train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -
 
     run_dir = Path(plan.out) / "runs" / name
     record = run_dir / "bench_run.json"
-    settings = {
-        "num_workers": 1,
-        "eval_samples": 1000,
-        "checkpoint_every": 1000,
-        "keep_checkpoints": 1,
-        **plan.train_overrides,
-        **overrides,
-    }
+    settings = {**RUN_DEFAULTS, **plan.train_overrides, **overrides}
     if record.is_file():
         done = json.loads(record.read_text())
         if done["settings"] == settings:
@@ -523,10 +532,9 @@ def markdown(result: dict[str, Any]) -> str:
     from raygan.report import markdown_table
 
     plan, lines = result["plan"], []
-    settings = plan["train_overrides"]
-    batch = settings.get("batch_size", 64)
-    gpu = str(settings.get("use_gpu", "")).lower() in ("true", "1")
-    workers = f"{settings.get('num_workers', 1)} {'GPU' if gpu else 'CPU'} worker(s)"
+    batch = plan["train_overrides"].get("batch_size", 64)
+    trainer = trainer_settings(plan["train_overrides"])
+    workers = f"{trainer.num_workers} {'GPU' if trainer.use_gpu else 'CPU'} worker(s)"
     if "oracle" in result:
         o = result["oracle"]
         lines += [

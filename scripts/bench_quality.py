@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from raygan.checkpoint import atomic_write_text  # noqa: E402
+from raygan.config import parse_key_values  # noqa: E402
 from raygan.errors import RayganError  # noqa: E402
-from raygan.quality import QualityPlan, markdown, plot, run_quality  # noqa: E402
+from raygan.quality import QualityPlan, markdown, plot, run_quality, trainer_settings  # noqa: E402
 from raygan.report import load_json, replace_section  # noqa: E402
 
 SECTION = "quality"
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
     result["command"] = "python " + shlex.join(["scripts/bench_quality.py", *sys.argv[1:]])
-    result["machine"] = _machine(plan.train_overrides)
+    result["machine"] = _machine(trainer_settings(plan.train_overrides).use_gpu)
     result["finished"] = time.strftime("%Y-%m-%d")
     result["plot"] = Path(args.png).name
     plot(result, args.png)
@@ -118,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _machine(settings: dict) -> str:
+def _machine(use_gpu: bool) -> str:
     import torch
 
-    if str(settings.get("use_gpu", "")).lower() in ("true", "1"):
+    if use_gpu:
         return f"{torch.cuda.get_device_name()}, Ray Train GPU workers"
     return f"{platform.machine()}, Ray Train CPU workers, torch threads {torch.get_num_threads()}"
 
@@ -156,13 +157,9 @@ def _plan(args) -> QualityPlan:
     )
     if args.small:
         plan = dataclasses.replace(plan, **SMALL)
-    extra = dict(plan.train_overrides)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RayganError(f"--set wants KEY=VALUE, got {item!r}")
-        extra[key] = value
-    return dataclasses.replace(plan, train_overrides=extra)
+    settings = {**plan.train_overrides, **parse_key_values(args.set)}
+    trainer_settings(settings)  # a key or value `raygan train` would refuse fails here, not later
+    return dataclasses.replace(plan, train_overrides=settings)
 
 
 if __name__ == "__main__":

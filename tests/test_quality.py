@@ -217,6 +217,21 @@ def test_script_reports_bad_arguments_without_a_trace(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("use_gpu", "not of the form key=value"),
+        ("num_wrokers=2", "unknown config key 'num_wrokers'"),
+    ],
+)
+def test_script_refuses_a_bad_train_setting_before_running(tmp_path, capsys, setting, message):
+    rc = _bench_module().main(["--out", str(tmp_path), "--small", "--set", setting])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_finite_rejects_nan_anywhere():
     assert finite({"a": [1.0, {"b": 2.0}]})
     assert not finite({"a": [1.0, {"b": math.nan}]})
