@@ -83,6 +83,10 @@ def serve_proxy_environment() -> str:
         return proxy
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # A stopping replica stays open this long so that load balancers in front can drop it (30 s
+    # by default); the HAProxy on this machine is reconfigured by Serve within ~0.1 s and retries
+    # refused connections, so 2 s is ample, and Serve's shutdown and redeploys stop waiting 30 s.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     missing = [var for var in _HAPROXY_PORTS if var not in os.environ]
     for var, port in zip(missing, free_ports(len(missing), *AUX_PORT_RANGE), strict=True):
         os.environ[var] = str(port)
