@@ -370,14 +370,27 @@ def cell_of(result: dict, batching: str, concurrency: int, proxy: str = "haproxy
     )  # fmt: skip
 
 
+def best_batched(result: dict) -> float:
+    """Requests/s batched serving could reach on this machine at top concurrency, if the HTTP
+    path cost what the no-model app measured and sampling what a full batch costs in-process,
+    one after the other (one effective CPU for replica, proxy and client): an estimate of the
+    ceiling, not a bound proven for every schedule."""
+    top = max(result["sizes"]["concurrency"])
+    http_s = 1 / cell_of(result, "HTTP only", top)["requests_per_s"]
+    return 1 / (http_s + result["compute"]["batch_per_request_ms"] / 1e3)
+
+
 def goals(result: dict) -> list[list]:
     top = max(result["sizes"]["concurrency"])
     on, off = cell_of(result, "on", top), cell_of(result, "off", top)
     ratio = on["requests_per_s"] / off["requests_per_s"]
+    best = best_batched(result)
     sustained, kill = result["sustained"], result["kill"]
     mark = {True: "yes", False: "**no**"}
     return [
         [f"req/s batching on / off, concurrency {top}", f"{ratio:.1f}x", ">= 10x", mark[ratio >= 10]],
+        [f"the same, at the estimated ceiling of batched serving here ({best:,.0f} req/s)",
+         f"{best / off['requests_per_s']:.1f}x", ">= 10x", mark[best / off["requests_per_s"] >= 10]],
         [f"p99 latency, batching on, concurrency {top}", f"{on['p99_ms']:.0f} ms", "<= 100 ms",
          mark[on["p99_ms"] <= 100]],
         ["sustained: requests answered at concurrency 32 (5xx)",
@@ -432,7 +445,10 @@ def report_text(result: dict) -> str:
         f"({echo['haproxy'] / echo['python']:.1f}x). `python` rows: RAYGAN_SERVE_PROXY=python; "
         "`haproxy` rows: the default, RAY_SERVE_ENABLE_HA_PROXY=1 and "
         "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (raygan.ray_env). `client CPU`: the CPU time of the "
-        "load-generating process (aiohttp) over the cell's wall time, as a share of one CPU.",
+        "load-generating process (aiohttp) over the cell's wall time, as a share of one CPU. "
+        "The estimated ceiling of batched serving adds, per request, the HTTP path's cost (1 / "
+        "the `HTTP only` rate) and a full batch's sampling cost per request: what batching "
+        "could reach if nothing else took the CPU.",
         "",
         markdown_table(["goal", "measured", "target", "met"], goals(result)),
         "",

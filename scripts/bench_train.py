@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -49,7 +50,13 @@ from raygan.data import RankBatches, prepare_oracle, read_split
 from raygan.gan import adversarial_step, g_step, mle_step
 from raygan.loop import PHASES
 from raygan.metrics import nll_oracle
-from raygan.models import Discriminator, Generator, Oracle, sample_categorical
+from raygan.models import (
+    SAMPLE_CHUNK_ROWS,
+    Discriminator,
+    Generator,
+    Oracle,
+    sample_categorical,
+)
 from raygan.ray_env import ray_environment
 from raygan.report import replace_section
 from raygan.train import fit  # imported up front: one snapshot of raygan for the whole run
@@ -86,6 +93,7 @@ class Sizes:
     cat_reps: int = 20
     ray_mle_steps: int = 80
     ray_adv_steps: int = 16
+    pair_steps: int = 40  # plain MLE steps per process in the two-process check (Gumbel: /5)
     eval_samples: int = 100
     profile: bool = True
 
@@ -94,7 +102,7 @@ FULL = Sizes()
 SMOKE = Sizes(
     vocab=50, max_len=8, g_dim=8, d_dim=8, batch=8, rollout_num=2, num_train=160, num_test=32,
     nll_samples=200, cat_rows=64, warmup=1, reps=2, rollout_reps=1, epoch_reps=1, cat_reps=3,
-    ray_mle_steps=6, ray_adv_steps=4, eval_samples=16,
+    ray_mle_steps=6, ray_adv_steps=4, pair_steps=3, eval_samples=16,
 )  # fmt: skip
 
 
@@ -193,6 +201,60 @@ def plain_gumbel_step(lm: PlainLM, disc: PlainD, opt_g, opt_d, real_BT, beta: fl
     _plain_update(disc, opt_d, F.binary_cross_entropy_with_logits(d_logits_2B, labels_2B))
     g_logits_B = disc(lm.gumbel_rollout(B, T, beta))
     _plain_update(lm, opt_g, F.binary_cross_entropy_with_logits(g_logits_B, torch.ones(B)))
+
+
+def _plain_loop(s: Sizes, kind: str, batch: int, steps: int, barrier, queue) -> None:
+    """A spawned process: `steps` plain MLE or Gumbel G+D steps at 1 thread, timed once every
+    process is ready."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    lm, disc = PlainLM(s.vocab, s.g_dim), PlainD(s.vocab, s.d_dim)
+    opt_g = torch.optim.Adam(lm.parameters(), lr=1e-2)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4)
+    tokens_BT = torch.randint(0, s.vocab, (batch, s.max_len))
+    if kind == "mle":
+        step = lambda: plain_mle_step(lm, opt_g, tokens_BT)  # noqa: E731
+    else:
+        step = lambda: plain_gumbel_step(lm, disc, opt_g, opt_d, tokens_BT)  # noqa: E731
+    for _ in range(2):
+        step()
+    barrier.wait()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    queue.put((time.perf_counter() - started) / steps)
+
+
+def bench_two_processes(s: Sizes, rounds: int = 3) -> dict:
+    """What this machine gives two processes, whatever runs them: a plain loop alone at batch B,
+    then two copies at once with batch B each (as 2 workers of B rows each) and with B/2 each
+    (as 2 workers sharing a batch of B), for the MLE and the Gumbel step. Tokens/s of the pair
+    over tokens/s alone is the most any 2-worker data-parallel run can gain here; medians over
+    `rounds`, the setups interleaved."""
+    ctx = multiprocessing.get_context("spawn")
+    setups = {"alone": (1, s.batch), "pair": (2, s.batch), "pair_half": (2, s.batch // 2)}
+    out = {}
+    for kind, steps in (("mle", s.pair_steps), ("gumbel", max(1, s.pair_steps // 5))):
+        tokens_s: dict[str, list[float]] = {name: [] for name in setups}
+        for _ in range(rounds):
+            for name, (procs, batch) in setups.items():
+                queue, barrier = ctx.Queue(), ctx.Barrier(procs)
+                args = (s, kind, batch, steps, barrier, queue)
+                workers = [ctx.Process(target=_plain_loop, args=args) for _ in range(procs)]
+                for w in workers:
+                    w.start()
+                step_s = [queue.get(timeout=600) for _ in workers]
+                for w in workers:
+                    w.join()
+                tokens_s[name].append(sum(batch * s.max_len / t for t in step_s))
+        alone = statistics.median(tokens_s["alone"])
+        out[kind] = {
+            "steps": steps,
+            "tokens_per_s": tokens_s,
+            "pair_vs_alone": statistics.median(tokens_s["pair"]) / alone,
+            "pair_half_vs_alone": statistics.median(tokens_s["pair_half"]) / alone,
+        }
+    return out
 
 
 # -- 2. raygan steps in one process --------------------------------------------------------------
@@ -319,6 +381,56 @@ def bench_nll_and_sampler(b: Bench, oracle: Oracle) -> dict:
     return {"nll_oracle": nll, "sampler": {"rows": s.cat_rows, "vocab": s.vocab, **sampler}}
 
 
+def bench_floor(b: Bench, reps: int = 5) -> dict:
+    """The arithmetic no softmax sampler can skip, timed on this CPU, and the floors it sets.
+
+    Per sampled or scored row: the vocab projection (addmm of SAMPLE_CHUNK_ROWS rows, the
+    fastest chunk here) and one exp per logit (an exact categorical draw, like a log-softmax,
+    needs the normaliser sum(exp(logits)) over the whole vocabulary); per sequence D scores, D's
+    forward pass. A floor is these counts times these rates: the LSTM steps, cumsum, search, the
+    policy-gradient backward and all Python are left out, so no real step reaches it.
+    """
+    s, T, M, B = b.sizes, b.sizes.max_len, b.sizes.rollout_num, b.sizes.batch
+    rng = torch.Generator().manual_seed(3)
+    rows, seqs = SAMPLE_CHUNK_ROWS, 1024
+    h_RH = torch.randn(rows, s.g_dim, generator=rng)
+    w_HV, bias_V = torch.randn(s.g_dim, s.vocab, generator=rng), torch.randn(s.vocab)
+    logits_RV, out_RV = torch.randn(rows, s.vocab, generator=rng), torch.empty(rows, s.vocab)
+    tokens_ST = torch.randint(0, s.vocab, (seqs, T), generator=rng)
+    calls = max(1, 20_000 // rows)  # ~20,000 rows per timing
+
+    def project() -> None:
+        for _ in range(calls):
+            torch.addmm(bias_V, h_RH, w_HV, out=out_RV)
+
+    def exp() -> None:
+        for _ in range(calls):
+            torch.exp(logits_RV, out=out_RV)
+
+    def d_forward() -> None:
+        with torch.no_grad():
+            b.disc(tokens_ST)
+
+    t = interleaved({"project": project, "exp": exp, "d_forward": d_forward}, warmup=1, reps=reps)
+    per_row = (t["project"]["median_s"] + t["exp"]["median_s"]) / (calls * rows)
+    per_seq = t["d_forward"]["median_s"] / seqs
+    # a rollout g_step samples B sequences, then M completions of every proper prefix (prefix t
+    # samples T - t tokens), and D scores every completion and the B sequences themselves
+    rollout_rows = B * T + M * B * T * (T - 1) // 2
+    rollout_seqs = M * B * (T - 1) + B
+    nll_rows = 2 * s.nll_samples * T  # G samples every token, the oracle scores every token
+    return {
+        "project_us_per_row": t["project"]["median_s"] / (calls * rows) * 1e6,
+        "project_gflops": 2 * s.g_dim * s.vocab * calls * rows / t["project"]["median_s"] / 1e9,
+        "exp_us_per_row": t["exp"]["median_s"] / (calls * rows) * 1e6,
+        "d_forward_us_per_seq": per_seq * 1e6,
+        "rollout_g_step": {"rows": rollout_rows, "d_seqs": rollout_seqs,
+                           "floor_s": rollout_rows * per_row + rollout_seqs * per_seq},
+        "nll_oracle": {"rows": nll_rows, "floor_s": nll_rows * per_row},
+        "times": t,
+    }  # fmt: skip
+
+
 def profile_rollout_g_step(b: Bench, top: int = 8) -> dict:
     """torch.profiler over one rollout g_step: the ops with the most self CPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -383,10 +495,11 @@ def phase_step_times(tb_dir: Path) -> dict:
     return out
 
 
-def run_fit(data_dir: str, work: Path, s: Sizes, num_workers: int) -> dict:
-    run_dir = work / f"run-{num_workers}w"
+def run_fit(data_dir: str, work: Path, s: Sizes, num_workers: int, batch: int) -> dict:
+    """One `fit` with `batch` rows per step over all workers; per-phase step times."""
+    run_dir = work / f"run-{num_workers}w-{batch}"
     overrides = {
-        "num_workers": num_workers, "batch_size": s.batch, "mle_steps": s.ray_mle_steps,
+        "num_workers": num_workers, "batch_size": batch, "mle_steps": s.ray_mle_steps,
         "d_pretrain_steps": 0, "adv_steps": s.ray_adv_steps, "estimator": "gumbel", "d_steps": 1,
         "eval_every": BIG, "checkpoint_every": BIG, "eval_samples": s.eval_samples,
         "g_embed_dim": s.g_dim, "g_hidden_dim": s.g_dim, "d_embed_dim": s.d_dim,
@@ -400,6 +513,7 @@ def run_fit(data_dir: str, work: Path, s: Sizes, num_workers: int) -> dict:
     timed = sum(p["mean_s"] * p["gaps_timed"] for p in phases.values())
     return {
         "num_workers": num_workers,
+        "batch": batch,
         "overrides": overrides,
         "fit_wall_s": fit_wall,
         "loop_wall_s": summary["wall_s"],
@@ -431,7 +545,8 @@ def worker_threads() -> int:
 
 
 def bench_ray(data_dir: str, work: Path, s: Sizes) -> dict:
-    """1 worker on a local 2-CPU Ray (plus Ray Data), then 2 workers on 2 single-CPU nodes."""
+    """1 worker on a local 2-CPU Ray (plus Ray Data), then 2 workers on 2 single-CPU nodes, with
+    the batch split between them and with a whole batch each."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -441,7 +556,7 @@ def bench_ray(data_dir: str, work: Path, s: Sizes) -> dict:
     try:
         out["ray_init_s"] = time.perf_counter() - started
         out["worker_torch_threads"] = worker_threads()
-        out["one_worker"] = run_fit(data_dir, work, s, 1)
+        out["one_worker"] = run_fit(data_dir, work, s, 1, s.batch)
         print(f"  1 worker: {_fit_line(out['one_worker'])}", flush=True)
         out["ray_data"] = bench_ray_data(data_dir, s)
     finally:
@@ -454,8 +569,10 @@ def bench_ray(data_dir: str, work: Path, s: Sizes) -> dict:
         cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, log_to_driver=False)
         out["cluster_start_s"] = time.perf_counter() - started
-        out["two_workers"] = run_fit(data_dir, work, s, 2)
-        print(f"  2 workers: {_fit_line(out['two_workers'])}", flush=True)
+        out["two_workers"] = run_fit(data_dir, work, s, 2, s.batch)
+        print(f"  2 workers, {s.batch // 2} rows each: {_fit_line(out['two_workers'])}", flush=True)
+        out["two_workers_full"] = run_fit(data_dir, work, s, 2, 2 * s.batch)
+        print(f"  2 workers, {s.batch} rows each: {_fit_line(out['two_workers_full'])}", flush=True)
     finally:
         ray.shutdown()
         if cluster is not None:
@@ -540,7 +657,8 @@ def corpus_batches(data_dir: str, s: Sizes) -> list[tuple[torch.Tensor, torch.Te
 
 
 def _row(what: str, value: float, goal: str = "info", ok: Callable | None = None) -> dict:
-    return {"what": what, "value": value, "goal": goal, "met": None if ok is None else ok(value)}
+    met = None if ok is None or goal == "info" else ok(value)
+    return {"what": what, "value": value, "goal": goal, "met": met}
 
 
 def ratios(r: dict, s: Sizes) -> list[dict]:
@@ -553,19 +671,35 @@ def ratios(r: dict, s: Sizes) -> list[dict]:
         _row("MLE step time, raygan / plain", med(st["mle_step"], "raygan", "plain")),
         _row("Gumbel G+D step time, raygan / plain", med(st["gumbel_step"], "raygan", "plain")),
         _row(f"rollout g_step ({s.rollout_num}): peer {PEER_ROLLOUT_G_STEP_S:.0f} s / ours",
-             PEER_ROLLOUT_G_STEP_S / st["rollout_g_step"]["raygan"]["median_s"],
-             "info (> 1: faster)"),
+             PEER_ROLLOUT_G_STEP_S / st["rollout_g_step"]["raygan"]["median_s"], ">= 50",
+             lambda v: v >= 50),
         _row(f"NLL_oracle {s.nll_samples:,}: peer {PEER_NLL_ORACLE_S:.0f} s / ours",
-             PEER_NLL_ORACLE_S / nll["nll_oracle"]["median_s"], "info (> 1: faster)"),
+             PEER_NLL_ORACLE_S / nll["nll_oracle"]["median_s"], ">= 20", lambda v: v >= 20),
         _row(f"multinomial / sample_categorical time ({s.cat_rows}, {s.vocab})",
              med(nll["sampler"], "multinomial", "sample_categorical"), "6-14 (sample_categorical docstring)"),
         _row("RankBatches rows/s / MLE consumption", ing["vs_mle"], ">= 20", lambda v: v >= 20),
         _row("RankBatches rows/s / adversarial consumption", ing["vs_adversarial"], ">= 20",
              lambda v: v >= 20),
     ]  # fmt: skip
+    if "floor" in r:
+        fl = r["floor"]
+        rows += [
+            _row("rollout g_step: peer / this CPU's floor (best possible)",
+                 PEER_ROLLOUT_G_STEP_S / fl["rollout_g_step"]["floor_s"]),
+            _row("NLL_oracle: peer / this CPU's floor (best possible)",
+                 PEER_NLL_ORACLE_S / fl["nll_oracle"]["floor_s"]),
+        ]  # fmt: skip
+    for kind, pair in r.get("two_processes", {}).items():
+        rows += [
+            _row(f"two plain processes / one, tokens/s, {kind}, {s.batch} rows each "
+                 "(this machine's most)", pair["pair_vs_alone"]),
+            _row(f"two plain processes, {s.batch // 2} rows each / one with {s.batch}, tokens/s, "
+                 f"{kind}", pair["pair_half_vs_alone"]),
+        ]  # fmt: skip
     if "ray" not in r:
         return rows
     one, two = r["ray"]["one_worker"]["phases"], r["ray"]["two_workers"]["phases"]
+    full = r["ray"].get("two_workers_full", {}).get("phases")
     # Ray gives a 1-CPU worker OMP_NUM_THREADS=1: compare with this process at 1 thread
     alt = st["other_threads"]
     mle_1, gumbel_1 = (
@@ -579,10 +713,30 @@ def ratios(r: dict, s: Sizes) -> list[dict]:
         _row("Ray 1 worker gumbel adv step / one process (1 thread)",
              one["adversarial"]["median_s"] / gumbel_1["median_s"], "<= 1.10",
              lambda v: v <= 1.10),
-        _row("Ray 2 workers (2 nodes) / 1 worker throughput, MLE",
-             one["mle"]["median_s"] / two["mle"]["median_s"], ">= 1.7", lambda v: v >= 1.7),
-        _row("Ray 2 workers (2 nodes) / 1 worker throughput, gumbel adv",
-             one["adversarial"]["median_s"] / two["adversarial"]["median_s"], ">= 1.7",
+    ]  # fmt: skip
+    if full is not None:  # 2 workers x 64 rows vs 1 worker x 64 rows: twice the tokens per step
+        rows += [
+            _row(f"Ray 2 workers (2 nodes) / 1 worker tokens/s, MLE, {s.batch} rows per worker",
+                 2 * one["mle"]["median_s"] / full["mle"]["median_s"], ">= 1.7",
+                 lambda v: v >= 1.7),
+            _row(f"Ray 2 workers (2 nodes) / 1 worker tokens/s, gumbel adv, {s.batch} rows per "
+                 "worker", 2 * one["adversarial"]["median_s"] / full["adversarial"]["median_s"],
+                 ">= 1.7", lambda v: v >= 1.7),
+        ]  # fmt: skip
+        for kind, phase in (("mle", "mle"), ("gumbel", "adversarial")):
+            pair = r.get("two_processes", {}).get(kind)
+            if pair is not None:  # how much of the machine's two-process throughput Ray gets
+                ray_tokens_s = tokens_per_s(2 * s.batch, s.max_len, full[phase]["median_s"])
+                rows.append(_row(
+                    f"Ray 2 workers x {s.batch} rows / two plain processes x {s.batch} rows, "
+                    f"tokens/s, {kind}", ray_tokens_s / statistics.median(pair["tokens_per_s"]["pair"]),
+                ))  # fmt: skip
+    split = "info" if full is not None else ">= 1.7"  # runs from before the per-worker cell
+    rows += [
+        _row(f"Ray 2 workers (2 nodes) / 1 worker tokens/s, MLE, batch {s.batch} split",
+             one["mle"]["median_s"] / two["mle"]["median_s"], split, lambda v: v >= 1.7),
+        _row(f"Ray 2 workers (2 nodes) / 1 worker tokens/s, gumbel adv, batch {s.batch} split",
+             one["adversarial"]["median_s"] / two["adversarial"]["median_s"], split,
              lambda v: v >= 1.7),
         _row("RankBatches rows/s / Ray Data rows/s (incl. start-up)",
              ing["rank_batches"]["rows_per_s"] / r["ray"]["ray_data"]["rows_per_s"]),
@@ -629,18 +783,32 @@ def times_table(r: dict, s: Sizes) -> str:
         (f"raygan g_step rollout ({s.rollout_num})", st["rollout_g_step"]["raygan"]["median_s"]),
         ("raygan adversarial_step dense", st["dense_step"]["raygan"]["median_s"]),
     ]  # fmt: skip
-    workers = (("1 worker", "one_worker"), ("2 workers", "two_workers")) if "ray" in r else ()
+    rows = [(name, t, B) for name, t in rows]
+    workers = []
+    if "ray" in r:
+        workers = [("1 worker", "one_worker"), (f"2 workers x {B // 2} rows", "two_workers")]
+        if "two_workers_full" in r["ray"]:
+            workers.append((f"2 workers x {B} rows", "two_workers_full"))
     for name, key in workers:
+        batch = r["ray"][key].get("batch", B)
         for phase, p in r["ray"][key]["phases"].items():
-            rows.append((f"Ray Train {name}, {phase} step (TB stamps)", p["median_s"]))
+            rows.append((f"Ray Train {name}, {phase} step (TB stamps)", p["median_s"], batch))
     lines = ["| step | median s | tokens/s |", "|---|---:|---:|"]
-    lines += [f"| {n} | {t:.4f} | {tokens_per_s(B, T, t):,.0f} |" for n, t in rows]
+    lines += [f"| {n} | {t:.4f} | {tokens_per_s(b, T, t):,.0f} |" for n, t, b in rows]
     ep = st["mle_epoch"]
     lines += [
         f"| MLE epoch ({ep['steps']} steps), plain | {ep['plain']['median_s']:.2f} | |",
         f"| MLE epoch ({ep['steps']} steps), raygan | {ep['raygan']['median_s']:.2f} | |",
         f"| NLL_oracle of {s.nll_samples:,} samples | {r['nll']['nll_oracle']['median_s']:.2f} | |",
     ]
+    if "floor" in r:
+        fl = r["floor"]
+        ro, nl = fl["rollout_g_step"], fl["nll_oracle"]
+        lines += [
+            f"| floor: rollout g_step ({ro['rows']:,} rows projected + exp, D on "
+            f"{ro['d_seqs']:,} sequences) | {ro['floor_s']:.2f} | |",
+            f"| floor: NLL_oracle ({nl['rows']:,} rows projected + exp) | {nl['floor_s']:.2f} | |",
+        ]
     if "ray" in r:
         data = r["ray"]["ray_data"]
         lines.append(
@@ -694,11 +862,16 @@ def run(args: argparse.Namespace, s: Sizes, work: Path) -> dict:
     print("[1-2] steps in one process", flush=True)
     result["steps"] = bench_steps(bench)
     result["nll"] = bench_nll_and_sampler(bench, oracle)
+    result["floor"] = bench_floor(bench)
+    floors = {k: round(result["floor"][k]["floor_s"], 2) for k in ("rollout_g_step", "nll_oracle")}
+    print(f"  floors on this CPU (s): {json.dumps(floors)}", flush=True)
     if s.profile:
         result["rollout_profile"] = profile_rollout_g_step(bench)
     print("[4] RankBatches", flush=True)
     result["ingest"] = {"rank_batches": bench_rank_batches(data_dir, s)}
     result["ingest"].update(ingest_summary(result, s))
+    print("[3a] two plain processes at once vs one", flush=True)
+    result["two_processes"] = bench_two_processes(s)
     result["loadavg_before_ray"] = os.getloadavg()
     if not args.with_ray:
         result["ratios"] = ratios(result, s)
@@ -730,6 +903,24 @@ def report_text(result: dict) -> str:
         lines += ["", "Rollout g_step, top self-CPU ops: " + "; ".join(
             f"{o['op']} {o['self_cpu_s']:.2f} s ({o['share']:.0%}, {o['calls']} calls)" for o in top
         )]  # fmt: skip
+    if "floor" in result:
+        fl = result["floor"]
+        lines += ["", (
+            f"Floors: per sampled or scored row, the vocab projection ({fl['project_us_per_row']:.2f}"
+            f" us, {fl['project_gflops']:.0f} GFLOP/s, addmm of {SAMPLE_CHUNK_ROWS} rows) and one "
+            f"exp per logit ({fl['exp_us_per_row']:.2f} us), which any exact softmax draw or "
+            f"log-softmax needs; per sequence D scores, its forward pass "
+            f"({fl['d_forward_us_per_seq']:.0f} us). Counts times rates, nothing else: a step "
+            "that did only this arithmetic would take the floor, so a ratio to the peer above "
+            "`peer / floor` cannot be reached on this CPU in float32."
+        )]  # fmt: skip
+    if "two_processes" in result:
+        lines += ["", (
+            "Two processes: a plain loop (1 thread) alone, then two copies at once, spawned "
+            "without Ray: what this machine gives a second worker, whatever runs it. Ray's 2 "
+            "workers add DDP's all-reduce and Ray's own processes (2 raylets, GCS, the train "
+            "controller) on the same 2 CPUs."
+        )]  # fmt: skip
     peer = f"{PEER_ROLLOUT_G_STEP_S:.0f} s, {PEER_NLL_ORACLE_S:.0f} s"
     lines += [
         "",
@@ -756,8 +947,12 @@ def main() -> int:
     )
     parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
     args = parser.parse_args()
-    if args.from_json:
-        replace_section(args.markdown, "train", report_text(json.loads(args.from_json.read_text())))
+    if args.from_json:  # the tables are rebuilt from the measurements
+        result = json.loads(args.from_json.read_text())
+        sizes = Sizes(**result["sizes"])
+        result["ratios"] = ratios(result, sizes)
+        result["markdown"] = times_table(result, sizes) + "\n\n" + ratio_table(result["ratios"])
+        replace_section(args.markdown, "train", report_text(result))
         return 0
     torch.set_num_threads(args.threads)
     args.with_ray = args.ray or not args.smoke_test

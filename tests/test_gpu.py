@@ -95,7 +95,7 @@ def test_one_worker_run_trains_on_the_gpu(oracle_data, tmp_path):
 
     placed = []
 
-    def prepare(model):  # stands in for ray.train.torch.prepare_model
+    def prepare(model):  # stands in for raygan.train.prepare_ddp
         placed.append({p.device.type for p in model.parameters()})
         return model
 
