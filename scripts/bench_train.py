@@ -203,19 +203,42 @@ def plain_gumbel_step(lm: PlainLM, disc: PlainD, opt_g, opt_d, real_BT, beta: fl
     _plain_update(lm, opt_g, F.binary_cross_entropy_with_logits(g_logits_B, torch.ones(B)))
 
 
-def _plain_loop(s: Sizes, kind: str, batch: int, steps: int, barrier, queue) -> None:
-    """A spawned process: `steps` plain MLE or Gumbel G+D steps at 1 thread, timed once every
-    process is ready."""
+def model_config(s: Sizes) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=s.vocab, max_len=s.max_len, g_embed_dim=s.g_dim, g_hidden_dim=s.g_dim,
+        d_embed_dim=s.d_dim, d_hidden_dim=s.d_dim, d_dropout=s.d_dropout,
+    )  # fmt: skip
+
+
+def _step_loop(s: Sizes, kind: str, batch: int, steps: int, barrier, queue, ddp=None) -> None:
+    """A spawned process: `steps` raygan MLE or Gumbel adversarial steps at 1 thread, timed once
+    every process is ready; `ddp=(rank, world, port)` wraps G and D in gloo DDP first, as
+    raygan.train.prepare_ddp does on a Ray Train worker."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    lm, disc = PlainLM(s.vocab, s.g_dim), PlainD(s.vocab, s.d_dim)
-    opt_g = torch.optim.Adam(lm.parameters(), lr=1e-2)
+    gen, disc = Generator(model_config(s)), Discriminator(model_config(s))
+    if ddp is not None:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        rank, world, port = ddp
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        )
+        gen = DistributedDataParallel(gen, gradient_as_bucket_view=True)
+        disc = DistributedDataParallel(disc, gradient_as_bucket_view=True)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-2)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4)
     tokens_BT = torch.randint(0, s.vocab, (batch, s.max_len))
     if kind == "mle":
-        step = lambda: plain_mle_step(lm, opt_g, tokens_BT)  # noqa: E731
+        step = lambda: mle_step(gen, opt_g, tokens_BT, lr=1e-2, grad_clip=5.0)  # noqa: E731
     else:
-        step = lambda: plain_gumbel_step(lm, disc, opt_g, opt_d, tokens_BT)  # noqa: E731
+        cfg, real = GANConfig(estimator="gumbel", d_steps=1), itertools.repeat((tokens_BT, None))
+        rng = torch.Generator().manual_seed(0)
+        step = lambda: adversarial_step(  # noqa: E731
+            gen, disc, opt_g, opt_d, real, cfg=cfg, g_lr=1e-4, d_lr=1e-4, d_steps=1, beta=1.0,
+            generator=rng,
+        )  # fmt: skip
     for _ in range(2):
         step()
     barrier.wait()
@@ -223,24 +246,40 @@ def _plain_loop(s: Sizes, kind: str, batch: int, steps: int, barrier, queue) -> 
     for _ in range(steps):
         step()
     queue.put((time.perf_counter() - started) / steps)
+    if ddp is not None:
+        torch.distributed.destroy_process_group()
 
 
 def bench_two_processes(s: Sizes, rounds: int = 3) -> dict:
-    """What this machine gives two processes, whatever runs them: a plain loop alone at batch B,
-    then two copies at once with batch B each (as 2 workers of B rows each) and with B/2 each
-    (as 2 workers sharing a batch of B), for the MLE and the Gumbel step. Tokens/s of the pair
-    over tokens/s alone is the most any 2-worker data-parallel run can gain here; medians over
-    `rounds`, the setups interleaved."""
+    """What this machine gives two processes, without Ray: raygan's step alone at batch B, then
+    two independent copies at once with batch B each (as 2 workers of B rows each) and with B/2
+    each (as 2 workers sharing a batch of B), for the MLE and the Gumbel step. Tokens/s of the
+    pair over tokens/s alone is the most any 2-worker data-parallel run can gain here. `ddp`:
+    the pair of B rows each under gloo DDP (what the gradient all-reduce and the lock-step
+    cost). Medians over `rounds`, the setups interleaved."""
+    from raygan.ray_env import free_port
+
     ctx = multiprocessing.get_context("spawn")
-    setups = {"alone": (1, s.batch), "pair": (2, s.batch), "pair_half": (2, s.batch // 2)}
+    setups = {
+        "alone": (1, s.batch, False),
+        "pair": (2, s.batch, False),
+        "pair_half": (2, s.batch // 2, False),
+        "ddp": (2, s.batch, True),
+    }
     out = {}
     for kind, steps in (("mle", s.pair_steps), ("gumbel", max(1, s.pair_steps // 5))):
         tokens_s: dict[str, list[float]] = {name: [] for name in setups}
         for _ in range(rounds):
-            for name, (procs, batch) in setups.items():
-                queue, barrier = ctx.Queue(), ctx.Barrier(procs)
-                args = (s, kind, batch, steps, barrier, queue)
-                workers = [ctx.Process(target=_plain_loop, args=args) for _ in range(procs)]
+            for name, (procs, batch, ddp) in setups.items():
+                queue, barrier, port = ctx.Queue(), ctx.Barrier(procs), free_port()
+                workers = [
+                    ctx.Process(
+                        target=_step_loop,
+                        args=(s, kind, batch, steps, barrier, queue),
+                        kwargs={"ddp": (rank, procs, port) if ddp else None},
+                    )
+                    for rank in range(procs)
+                ]
                 for w in workers:
                     w.start()
                 step_s = [queue.get(timeout=600) for _ in workers]
@@ -253,6 +292,7 @@ def bench_two_processes(s: Sizes, rounds: int = 3) -> dict:
             "tokens_per_s": tokens_s,
             "pair_vs_alone": statistics.median(tokens_s["pair"]) / alone,
             "pair_half_vs_alone": statistics.median(tokens_s["pair_half"]) / alone,
+            "ddp_vs_alone": statistics.median(tokens_s["ddp"]) / alone,
         }
     return out
 
@@ -691,11 +731,14 @@ def ratios(r: dict, s: Sizes) -> list[dict]:
         ]  # fmt: skip
     for kind, pair in r.get("two_processes", {}).items():
         rows += [
-            _row(f"two plain processes / one, tokens/s, {kind}, {s.batch} rows each "
+            _row(f"two processes / one, tokens/s, {kind}, {s.batch} rows each "
                  "(this machine's most)", pair["pair_vs_alone"]),
-            _row(f"two plain processes, {s.batch // 2} rows each / one with {s.batch}, tokens/s, "
+            _row(f"two processes, {s.batch // 2} rows each / one with {s.batch}, tokens/s, "
                  f"{kind}", pair["pair_half_vs_alone"]),
         ]  # fmt: skip
+        if "ddp_vs_alone" in pair:
+            rows.append(_row(f"two processes under DDP (no Ray) / one, tokens/s, {kind}, "
+                             f"{s.batch} rows each", pair["ddp_vs_alone"]))  # fmt: skip
     if "ray" not in r:
         return rows
     one, two = r["ray"]["one_worker"]["phases"], r["ray"]["two_workers"]["phases"]
@@ -728,7 +771,7 @@ def ratios(r: dict, s: Sizes) -> list[dict]:
             if pair is not None:  # how much of the machine's two-process throughput Ray gets
                 ray_tokens_s = tokens_per_s(2 * s.batch, s.max_len, full[phase]["median_s"])
                 rows.append(_row(
-                    f"Ray 2 workers x {s.batch} rows / two plain processes x {s.batch} rows, "
+                    f"Ray 2 workers x {s.batch} rows / two processes x {s.batch} rows, "
                     f"tokens/s, {kind}", ray_tokens_s / statistics.median(pair["tokens_per_s"]["pair"]),
                 ))  # fmt: skip
     split = "info" if full is not None else ">= 1.7"  # runs from before the per-worker cell
@@ -854,11 +897,7 @@ def run(args: argparse.Namespace, s: Sizes, work: Path) -> dict:
     data_dir, oracle, result["oracle"] = prepare(work, s, args.smoke_test)
     result["prepare_s"] = time.perf_counter() - started
     print(f"oracle: {result['oracle']}; prepared in {result['prepare_s']:.1f} s", flush=True)
-    model_cfg = ModelConfig(
-        vocab_size=s.vocab, max_len=s.max_len, g_embed_dim=s.g_dim, g_hidden_dim=s.g_dim,
-        d_embed_dim=s.d_dim, d_hidden_dim=s.d_dim, d_dropout=s.d_dropout,
-    )  # fmt: skip
-    bench = Bench(s, corpus_batches(data_dir, s), model_cfg)
+    bench = Bench(s, corpus_batches(data_dir, s), model_config(s))
     print("[1-2] steps in one process", flush=True)
     result["steps"] = bench_steps(bench)
     result["nll"] = bench_nll_and_sampler(bench, oracle)
@@ -870,7 +909,7 @@ def run(args: argparse.Namespace, s: Sizes, work: Path) -> dict:
     print("[4] RankBatches", flush=True)
     result["ingest"] = {"rank_batches": bench_rank_batches(data_dir, s)}
     result["ingest"].update(ingest_summary(result, s))
-    print("[3a] two plain processes at once vs one", flush=True)
+    print("[3a] two processes at once vs one, and under DDP, without Ray", flush=True)
     result["two_processes"] = bench_two_processes(s)
     result["loadavg_before_ray"] = os.getloadavg()
     if not args.with_ray:
@@ -916,10 +955,10 @@ def report_text(result: dict) -> str:
         )]  # fmt: skip
     if "two_processes" in result:
         lines += ["", (
-            "Two processes: a plain loop (1 thread) alone, then two copies at once, spawned "
-            "without Ray: what this machine gives a second worker, whatever runs it. Ray's 2 "
-            "workers add DDP's all-reduce and Ray's own processes (2 raylets, GCS, the train "
-            "controller) on the same 2 CPUs."
+            "Two processes: raygan's step (1 thread) alone, then two copies at once, spawned "
+            "without Ray: what this machine gives a second worker, whatever runs it; then the "
+            "pair under gloo DDP, still without Ray. Ray's 2 workers add Ray's own processes "
+            "(2 raylets, GCS, the train controller) on the same 2 CPUs."
         )]  # fmt: skip
     peer = f"{PEER_ROLLOUT_G_STEP_S:.0f} s, {PEER_NLL_ORACLE_S:.0f} s"
     lines += [
