@@ -1,6 +1,6 @@
 """Training speed at SeqGAN oracle sizes: plain PyTorch vs raygan's steps vs raygan on Ray Train.
 
-    python scripts/bench_train.py --markdown BENCHMARKS.md       # full run, ~6 minutes on 2 CPUs
+    python scripts/bench_train.py --markdown BENCHMARKS.md       # full run, ~10 minutes on 2 CPUs
     python scripts/bench_train.py --smoke-test                   # tiny sizes, checks the script
 
 Sizes: vocab 5000, length 20, G embed/hidden 32/32, D 64/64, batch 64. The oracle is SeqGAN's
@@ -10,10 +10,15 @@ Sections, all in one run so that the noisy machine affects every side alike:
      clip 5), interleaved with raygan's steps;
   2. raygan step functions in this process: mle_step, adversarial_step (gumbel, rollout, dense),
      rollout g_step alone, an MLE epoch (plain vs raygan), NLL_oracle of 10,000 samples,
-     sample_categorical vs torch.multinomial, and a torch.profiler breakdown of a rollout g_step;
+     sample_categorical vs torch.multinomial, a torch.profiler breakdown of a rollout g_step,
+     and the floors: the projection, exp and D-forward rates that bound the rollout g_step and
+     NLL_oracle on this CPU;
   3. raygan under Ray Train: 1 worker on a local ray.init(num_cpus=2), then 2 workers on a
-     2-node x 1-CPU `ray.cluster_utils.Cluster`; per-step times per phase come from the
+     2-node x 1-CPU `ray.cluster_utils.Cluster`, splitting the batch and then with a whole batch
+     each; per-step times per phase come from the
      wall-clock stamps of rank 0's TensorBoard events (evaluation and checkpointing excluded);
+  3a. (before 3) two processes without Ray: raygan's step alone, two copies at once (a whole
+     and a half batch each), and the pair under gloo DDP: the machine's ceiling for 2 workers;
   4. data ingest: RankBatches rows/s vs what training consumes, and Ray Data read_parquet.
 Every time is a median over repetitions after warm-up; the JSON keeps every repetition. This
 process runs torch with 1 thread unless --threads says otherwise (see THREADS_HELP); the MLE and
@@ -93,7 +98,7 @@ class Sizes:
     cat_reps: int = 20
     ray_mle_steps: int = 80
     ray_adv_steps: int = 16
-    pair_steps: int = 40  # plain MLE steps per process in the two-process check (Gumbel: /5)
+    pair_steps: int = 40  # MLE steps per process in the two-process check (Gumbel: / 5)
     eval_samples: int = 100
     profile: bool = True
 
