@@ -14,9 +14,9 @@ Sections, all in one run so that the noisy machine affects every side alike:
      and the floors: the projection, exp and D-forward rates that bound the rollout g_step and
      NLL_oracle on this CPU;
   3. raygan under Ray Train: 1 worker on a local ray.init(num_cpus=2), then 2 workers on a
-     2-node x 1-CPU `ray.cluster_utils.Cluster`, splitting the batch and then with a whole batch
-     each; per-step times per phase come from the
-     wall-clock stamps of rank 0's TensorBoard events (evaluation and checkpointing excluded);
+     2-node x 1-CPU `ray.cluster_utils.Cluster`, splitting the batch and then with a whole
+     batch each; per-step times per phase come from the wall-clock stamps of rank 0's
+     TensorBoard events (evaluation and checkpointing excluded);
   3a. (before 3) two processes without Ray: raygan's step alone, two copies at once (a whole
      and a half batch each), and the pair under gloo DDP: the machine's ceiling for 2 workers;
   4. data ingest: RankBatches rows/s vs what training consumes, and Ray Data read_parquet.
