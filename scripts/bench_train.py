@@ -752,7 +752,7 @@ def ratios(r: dict, s: Sizes) -> list[dict]:
     alt = st["other_threads"]
     mle_1, gumbel_1 = (
         (st["mle_step"]["raygan"], st["gumbel_step"]["raygan"])
-        if torch.get_num_threads() == 1
+        if r["machine"]["torch_threads"] == 1  # this run's threads, not this process's
         else (alt["mle"], alt["gumbel"])
     )
     rows += [
