@@ -31,6 +31,10 @@ OPT_OUT = "RAYGAN_MALLOC_TUNING"
 _applied: bool | None = None
 
 
+def _opted_out() -> bool:
+    return os.environ.get(OPT_OUT, "1") == "0"
+
+
 def keep_freed_memory() -> bool:
     """Apply the settings once per process; True when they are in force.
 
@@ -40,7 +44,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get(OPT_OUT, "1") == "0" or any(
+    if _opted_out() or any(
         var in os.environ for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     ):
         return False
@@ -60,6 +64,6 @@ def worker_env() -> dict[str, str]:
     """Environment for Ray Train's worker processes: MALLOC_ARENA_MAX=1, so that the thread Ray
     Train runs the training function in allocates from glibc's main heap, which the settings
     above keep, instead of a per-thread arena. Empty when the user opted out or set it."""
-    if os.environ.get(OPT_OUT, "1") == "0" or "MALLOC_ARENA_MAX" in os.environ:
+    if _opted_out() or "MALLOC_ARENA_MAX" in os.environ:
         return {}
     return {"MALLOC_ARENA_MAX": "1"}
