@@ -3,6 +3,7 @@
 raygan prepare --input corpus.txt --out data/           # text -> tokenizer + Parquet shards
 raygan prepare --oracle random --num-samples 10000 --out data/
 raygan train --data data/ --out runs/a num_workers=2 estimator=rollout d_steps=3
+raygan train --data data/ --out runs/b --recipe seqgan  # a shipped recipe (`raygan recipes`)
 raygan tune --space tune_spaces/pbt_oracle.yaml --data data/ --out tunes/a init_from=runs/a/final
 raygan sample --checkpoint runs/a -n 5 --temperature 0.8
 raygan serve --checkpoint tunes/a/best --port 8000      # HTTP on 127.0.0.1 (Ray Serve); Ctrl-C stops
@@ -59,19 +60,35 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--data", required=True, help="directory written by `raygan prepare`")
     p.add_argument("--out", required=True, help="RUN_DIR: checkpoints, TensorBoard, final/")
+    p.add_argument(
+        "--recipe",
+        help="start from a shipped recipe (`raygan recipes` lists them); --config and "
+        "key=value override its keys",
+    )
     p.add_argument("--config", help="YAML file of config keys (nested sections or flat keys)")
     p.add_argument("--fresh", action="store_true", help="discard a previous run in RUN_DIR")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(run=_run_train)
 
 
+def _overrides(args) -> dict:
+    """--recipe, then --config, then key=value: each later one overrides the earlier ones."""
+    from raygan.config import parse_key_values, recipe_path
+
+    overrides: dict = {}
+    if getattr(args, "recipe", None):
+        recipe_path(args.recipe)  # an unknown name fails here, listing the valid ones
+        overrides["recipe"] = args.recipe
+    if getattr(args, "config", None):
+        overrides.update(load_yaml_overrides(args.config))
+    overrides.update(parse_key_values(args.overrides))
+    return overrides
+
+
 def _run_train(args) -> int:
-    from raygan.config import parse_key_values
     from raygan.train import fit
 
-    overrides = load_yaml_overrides(args.config) if args.config else {}
-    overrides.update(parse_key_values(args.overrides))
-    summary = fit(args.data, args.out, overrides, fresh=args.fresh)
+    summary = fit(args.data, args.out, _overrides(args), fresh=args.fresh)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
     return 0
 
@@ -290,16 +307,38 @@ def _add_config(sub) -> None:
         help="print the training config (defaults, or resolved for --data) as YAML for --config",
     )
     p.add_argument("--data", help="resolve vocab, max_len and special ids from this prepared data")
+    p.add_argument("--recipe", help="resolve a shipped recipe (`raygan recipes`)")
+    p.add_argument("--config", help="YAML file of config keys, applied over the recipe")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(run=_run_config)
+
+
+def _add_recipes(sub) -> None:
+    p = sub.add_parser(
+        "recipes",
+        help="the shipped training recipes, one line each (raygan train --recipe NAME)",
+        description="Each recipe is a YAML of ordinary config keys inside the package; "
+        "`raygan config --recipe NAME` prints what it resolves to.",
+    )
+    p.set_defaults(run=_run_recipes)
+
+
+def _run_recipes(args) -> int:
+    from raygan.config import recipe_names, recipe_summary
+
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {recipe_summary(name)}")
+    return 0
 
 
 def _run_config(args) -> int:
     import yaml
 
-    from raygan.config import Config, apply_overrides, parse_key_values
+    from raygan.config import Config, apply_overrides
 
-    overrides = parse_key_values(args.overrides)
+    overrides = _overrides(args)
     if args.data:
         from raygan.train import resolve_config
 
@@ -338,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_evaluate(sub)
     _add_config(sub)
+    _add_recipes(sub)
     _add_demo(sub)
     return parser
 

@@ -12,13 +12,18 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from raygan.errors import RayganError
 
-ESTIMATORS = ("gumbel", "rollout", "dense")
+ESTIMATORS = ("gumbel", "rollout", "dense", "constant")
 LOSSES = ("standard", "rsgan", "hinge", "wgan-gp")
 ANNEAL_SCHEDULES = ("exp", "linear")
+REWARDS = ("prob", "log_prob", "logit")
+BASELINES = ("ema",)
+REDUCTIONS = ("mean", "sum")
+D_INITS = ("fresh", "generator")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,20 +88,23 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class GANConfig:
-    estimator: str = "gumbel"
-    """How G's gradient crosses the discrete tokens: gumbel (RelGAN), rollout (SeqGAN), dense (ScratchGAN)."""
-    loss: str = "rsgan"
+    estimator: str = "rollout"
+    """How G's gradient crosses the discrete tokens: gumbel (RelGAN), rollout (SeqGAN), dense
+    (ScratchGAN), or constant: the control, REINFORCE on G's own samples with `constant_reward`
+    for every token and D ignored (no D steps), which shows what the update does without D."""
+    loss: str = "standard"
     """Adversarial objective: standard (non-saturating), rsgan, hinge, wgan-gp (gumbel only)."""
-    g_lr: float = 1e-4
+    g_lr: float = 1e-3
     """Generator Adam learning rate in adversarial training."""
-    d_lr: float = 1e-4
-    """Discriminator Adam learning rate (unless d_lr_ratio is set)."""
+    d_lr: float = 1e-3
+    """Discriminator Adam learning rate (unless d_lr_ratio is set). At 1e-4 an LSTM D stays
+    near chance for thousands of steps on the SeqGAN oracle; at 1e-3 it learns."""
     d_lr_ratio: float | None = None
     """When set, D's learning rate is g_lr x d_lr_ratio and d_lr is ignored: the G/D balance as
     one number, which is what a search over the balance should move."""
     mle_lr: float = 1e-2
     """Generator Adam learning rate during MLE pretraining (SeqGAN: 0.01)."""
-    d_steps: int = 1
+    d_steps: int = 5
     """Discriminator updates per generator update."""
     grad_clip: float = 5.0
     """Max global gradient norm for G and D; 0 disables clipping."""
@@ -106,12 +114,32 @@ class GANConfig:
     """Final inverse temperature beta of the Gumbel-softmax (RelGAN: 100 or 1000); starts at 1."""
     gumbel_anneal: str = "exp"
     """Schedule of beta from 1 to the max over the adversarial steps: exp or linear."""
-    rollout_num: int = 16
+    gumbel_anneal_steps: int = 0
+    """Steps over which beta reaches its max; 0 means the run's adv_steps. RelGAN fixes it at
+    5,000 whatever the run's length (beta_n = beta_max^(n/5000)), past which beta stays at max."""
+    rollout_num: int = 4
     """Monte-Carlo completions per prefix for the rollout estimator (SeqGAN: 16)."""
     dense_gamma: float = 0.23
     """Discount of per-step rewards for the dense estimator (ScratchGAN: 0.23)."""
+    reward: str = "logit"
+    """What a REINFORCE estimator (rollout, dense) is paid from D's logit s: prob = sigmoid(s)
+    (SeqGAN; ScratchGAN's 2 sigmoid(s) - 1 up to scale), log_prob = log sigmoid(s), logit = s
+    itself, at D's optimum log p_data(x) - log p_G(x): the reverse-KL gradient."""
+    reward_baseline: str | None = "ema"
+    """Subtracted from every reward: none (SeqGAN) or ema, a per-position moving average of the
+    batch's rewards (ScratchGAN), which removes the free sharpening a positive reward gives."""
     baseline_decay: float = 0.8
-    """Moving-average decay of the per-step reward baseline (dense estimator)."""
+    """Moving-average decay of the per-position reward baseline (0: the current batch's mean)."""
+    pg_reduction: str = "mean"
+    """REINFORCE loss over the batch's tokens: mean, or sum as SeqGAN (64 x 20 terms, so with
+    gradient clipping every step is clipped to grad_clip)."""
+    constant_reward: float = 0.5
+    """The reward of every token under estimator=constant (the control)."""
+    d_init: str = "fresh"
+    """D's embedding and LSTM at the start of D pretraining: fresh, or copied from the (MLE)
+    generator (Caccia et al.; needs D's sizes equal to G's and z_dim=0)."""
+    d_weight_decay: float = 0.0
+    """Decoupled weight decay of D's Adam (AdamW): a regulariser against memorising the real set."""
     gp_weight: float = 10.0
     """Gradient-penalty weight for wgan-gp."""
 
@@ -123,8 +151,18 @@ class GANConfig:
             raise RayganError(
                 f"loss='wgan-gp' needs soft inputs: estimator must be 'gumbel', got {self.estimator!r}"
             )
+        _check_choice(self, "reward", REWARDS)
+        if self.reward_baseline is not None:
+            _check_choice(self, "reward_baseline", BASELINES)
+        _check_choice(self, "pg_reduction", REDUCTIONS)
+        _check_choice(self, "d_init", D_INITS)
         for name in ("g_lr", "d_lr", "mle_lr", "d_steps", "rollout_num"):
             _check_positive(self, name)
+        if self.gumbel_anneal_steps < 0 or self.d_weight_decay < 0:
+            raise RayganError(
+                f"gumbel_anneal_steps and d_weight_decay must be >= 0, got "
+                f"{self.gumbel_anneal_steps} and {self.d_weight_decay}"
+            )
         if self.gumbel_max_temperature < 1.0:
             raise RayganError(
                 f"gumbel_max_temperature must be >= 1, got {self.gumbel_max_temperature}"
@@ -145,14 +183,27 @@ class GANConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleConfig:
+    recipe: str = ""
+    """The shipped recipe (raygan/recipes/NAME.yaml, `raygan recipes`) whose keys this config
+    starts from; every other setting overrides it. '' for none."""
     seed: int = 0
     """Seeds parameters, data order and sampling."""
     batch_size: int = 64
     """Sequences per step, summed over all workers (SeqGAN: 64)."""
     mle_steps: int = 2000
     """MLE pretraining steps of G (0 skips pretraining)."""
-    d_pretrain_steps: int = 0
-    """Discriminator steps on G's samples before adversarial training."""
+    d_pretrain_steps: int = 1000
+    """Discriminator steps on G's samples before adversarial training (the cap, when
+    d_pretrain_until_acc ends it earlier). Without them the adversarial phase starts against
+    an untrained D, whose rewards are noise."""
+    d_pretrain_pool: int = 0
+    """G samples D pretraining draws its fakes from, regenerated every d_pretrain_refresh steps
+    (SeqGAN's rounds: 10,000 negatives, 3 epochs each); 0 draws fresh samples at every step."""
+    d_pretrain_refresh: int = 500
+    """D pretraining steps between regenerations of the pool."""
+    d_pretrain_until_acc: float = 0.0
+    """End D pretraining once D's held-out accuracy (real test sequences vs fresh G samples,
+    checked at every evaluation) reaches this; 0 runs all d_pretrain_steps."""
     adv_steps: int = 1000
     """Adversarial generator steps (each preceded by d_steps discriminator steps)."""
     eval_every: int = 200
@@ -161,8 +212,14 @@ class ScheduleConfig:
     """Samples drawn for NLL_oracle / BLEU at each evaluation."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "eval_every", "eval_samples"):
+        for name in ("batch_size", "eval_every", "eval_samples", "d_pretrain_refresh"):
             _check_positive(self, name)
+        if self.d_pretrain_pool < 0:
+            raise RayganError(f"d_pretrain_pool must be >= 0, got {self.d_pretrain_pool}")
+        if not 0.0 <= self.d_pretrain_until_acc < 1.0:
+            raise RayganError(
+                f"d_pretrain_until_acc must be in [0, 1), got {self.d_pretrain_until_acc}"
+            )
         for name in ("mle_steps", "d_pretrain_steps", "adv_steps"):
             if getattr(self, name) < 0:
                 raise RayganError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -248,14 +305,60 @@ def _sections() -> dict[str, type]:
     }
 
 
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The shipped recipe's file; an unknown name is an error listing the valid ones."""
+    path = RECIPE_DIR / f"{name}.yaml"
+    if not name or "/" in name or not path.is_file():
+        raise RayganError(f"unknown recipe {name!r}; valid recipes: {', '.join(recipe_names())}")
+    return path
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe's config keys (flat or nested, as in a --config file)."""
+    import yaml
+
+    path = recipe_path(name)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or any(resolve_key(k)[1] == "recipe" for k in flatten(data)):
+        raise RayganError(f"recipe {path} must be a mapping of config keys other than `recipe`")
+    return data
+
+
+def recipe_summary(name: str) -> str:
+    """The recipe's first comment line: what `raygan recipes` prints for it."""
+    for line in recipe_path(name).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
 def apply_overrides(config: Config, overrides: dict[str, Any] | list[str]) -> Config:
     """Return `config` with overrides applied; keys are `name` or `section.name`.
 
-    A list is parsed as `key=value` strings; values are converted to the field's type.
+    A list is parsed as `key=value` strings; values are converted to the field's type. A
+    `recipe` key applies that recipe's keys first, then the other overrides on top of them.
     """
     if isinstance(overrides, list):
         overrides = parse_key_values(overrides)
     flat = flatten(overrides)
+    recipe_keys = [k for k in flat if resolve_key(k) == ("schedule", "recipe")]
+    if recipe_keys:
+        name = flat.pop(recipe_keys[-1])
+        name = "" if name is None or str(name).lower() in ("", "none", "null") else str(name)
+        for key in recipe_keys:
+            flat.pop(key, None)
+        if name:
+            config = apply_overrides(config, load_recipe(name))
+        config = dataclasses.replace(
+            config, schedule=dataclasses.replace(config.schedule, recipe=name)
+        )
     per_section: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
     for key, value in flat.items():
         section, name = resolve_key(key)

@@ -20,13 +20,13 @@ from torch import Tensor, nn
 from raygan.config import GANConfig
 from raygan.errors import RayganError
 from raygan.losses import d_loss, g_loss, gradient_penalty
-from raygan.models import Rng, length_mask, lengths_from_tokens, log_probs, unwrap
+from raygan.models import Rng, RowStreams, length_mask, lengths_from_tokens, log_probs, unwrap
 
 Reduce = Callable[[Tensor], Tensor]  # e.g. an all-reduce mean across DDP ranks
 
 
 def gumbel_beta(step: int, total_steps: int, max_beta: float, schedule: str) -> float:
-    """RelGAN's inverse temperature: 1 at step 0, `max_beta` at `total_steps`."""
+    """RelGAN's inverse temperature: 1 at step 0, `max_beta` at `total_steps` and after."""
     frac = min(max(step, 0) / max(total_steps, 1), 1.0)
     if schedule == "exp":
         return max_beta**frac
@@ -121,6 +121,49 @@ def fake_batch(gen: nn.Module, num: int, cfg: GANConfig, *, beta: float, generat
     return samples.tokens_BT, samples.lengths_B
 
 
+class FakePool:
+    """D pretraining's negatives (SeqGAN's rounds): G's samples drawn once per round, then
+    served a batch at a time in a seeded order, wrapping around.
+
+    Each random stream owns `rows_per_stream` pool rows and contributes `batch_per_stream` rows
+    to every batch, so workers holding disjoint streams together serve the batch one process
+    holding all of them serves (the same layout as the training batch's rows).
+    """
+
+    def __init__(
+        self,
+        gen: nn.Module,
+        cfg: GANConfig,
+        *,
+        rows_per_stream: int,
+        batch_per_stream: int,
+        streams: RowStreams,
+        round_index: int,
+    ):
+        if cfg.estimator == "gumbel":
+            raise RayganError(
+                "d_pretrain_pool holds token samples, but estimator=gumbel trains D on soft "
+                "one-hots; set d_pretrain_pool=0 (fresh soft samples every step)"
+            )
+        self.round_index = round_index
+        self.rows, self.per_batch = rows_per_stream, batch_per_stream
+        n = len(streams.generators)
+        samples = unwrap(gen).sample(n * rows_per_stream, generator=streams)
+        self.tokens_SPT = samples.tokens_BT.view(n, rows_per_stream, -1)
+        self.lengths_SP = samples.lengths_B.view(n, rows_per_stream)
+        order = [torch.randperm(rows_per_stream, generator=g, device=g.device)
+                 for g in streams.generators]  # fmt: skip
+        self.order_SP = torch.stack(order).to(self.tokens_SPT.device)
+
+    def batch(self, k: int) -> tuple[Tensor, Tensor]:
+        """The fakes of the round's k-th step (k counts from the start of D pretraining)."""
+        offsets_b = torch.arange(k * self.per_batch, (k + 1) * self.per_batch) % self.rows
+        rows_Sb = self.order_SP[:, offsets_b.to(self.order_SP.device)]
+        tokens = torch.stack([t[r] for t, r in zip(self.tokens_SPT, rows_Sb, strict=True)])
+        lengths = torch.stack([n[r] for n, r in zip(self.lengths_SP, rows_Sb, strict=True)])
+        return tokens.flatten(0, 1), lengths.flatten()
+
+
 def _lengths(gen: nn.Module, tokens_BT: Tensor) -> Tensor:
     return lengths_from_tokens(tokens_BT, gen.cfg.eos_id)
 
@@ -143,15 +186,20 @@ def d_step(
     lr: float,
     beta: float = 1.0,
     generator: Rng = None,
+    fakes: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, float]:
-    """One discriminator update on real vs freshly generated sequences; G is untouched.
+    """One discriminator update on real vs G's sequences; G is untouched.
 
-    Real and fake go through D in one concatenated forward (one DDP reduction per step).
+    The fakes are drawn fresh from G unless `fakes` = (tokens_BT, lengths_B) gives them (a
+    batch of D pretraining's pool). Real and fake go through D in one concatenated forward (one
+    DDP reduction per step).
     """
     check_batch(real_BT, unwrap(disc).cfg)
     disc.train()
     B = real_BT.shape[0]
-    fake, fake_lengths_B = fake_batch(gen, B, cfg, beta=beta, generator=generator)
+    if fakes is None:
+        fakes = fake_batch(gen, B, cfg, beta=beta, generator=generator)
+    fake, fake_lengths_B = fakes
     real = _as_input(real_BT, fake)
     if real_lengths_B is None:
         real_lengths_B = torch.full((B,), real_BT.shape[1], dtype=torch.long, device=real_BT.device)
@@ -183,11 +231,15 @@ def g_step(
     generator: Rng = None,
     baseline_T: Tensor | None = None,
     reduce_mean: Reduce | None = None,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """One generator update with `cfg.estimator`; D's parameters and gradients are left as they were.
 
-    `baseline_T` (dense only) is the moving-average reward baseline per position, updated in place;
-    `reduce_mean` averages batch statistics across DDP ranks so every rank keeps the same baseline.
+    `baseline_T` (reward_baseline=ema) is the moving-average reward baseline per position,
+    updated in place (NaN until the first batch sets it; without it, the batch's own mean is
+    the baseline: baseline_decay=0 with no state to carry); `reduce_mean` averages batch
+    statistics across DDP ranks so every rank keeps the same baseline. `world_size` scales a
+    summed REINFORCE loss so that DDP's gradient mean equals one process's sum.
     """
     check_batch(real_BT, unwrap(gen).cfg)
     gen.train()
@@ -195,12 +247,9 @@ def g_step(
         with _no_sync(disc), without_dropout(disc):
             if cfg.estimator == "gumbel":
                 stats = _g_gumbel(gen, disc, real_BT, real_lengths_B, cfg, beta, generator)
-            elif cfg.estimator == "rollout":
-                stats = _g_rollout(gen, disc, real_BT.shape[0], cfg, generator)
             else:
-                stats = _g_dense(
-                    gen, disc, real_BT.shape[0], cfg, generator, baseline_T, reduce_mean
-                )
+                pg = _PolicyGradient(cfg, baseline_T, reduce_mean, world_size)
+                stats = _g_reinforce(gen, disc, real_BT.shape[0], cfg, generator, pg)
         loss = stats.pop("loss")
         stats["g_grad_norm"] = _update(gen, optimizer, loss, lr=lr, grad_clip=cfg.grad_clip)
     finally:
@@ -219,18 +268,74 @@ def _g_gumbel(gen, disc, real_BT, real_lengths_B, cfg, beta, generator) -> dict:
     return {"loss": g_loss(cfg.loss, real_B, fake_B), "beta": beta}
 
 
-def _g_rollout(gen, disc, num, cfg, generator) -> dict:
-    """SeqGAN: reward of token t = mean D score of `rollout_num` completions of the prefix ending at t."""
+def _g_reinforce(gen, disc, num, cfg, generator, pg: _PolicyGradient) -> dict:
+    """REINFORCE on `num` fresh samples of G: per-token rewards from the estimator, minus the
+    baseline, times log G(token)."""
     samples = unwrap(gen).sample(num, generator=generator)
-    rewards_BT = rollout_rewards(gen, disc, samples, cfg.rollout_num, generator=generator)
-    mask_BT = length_mask(samples.lengths_B, samples.tokens_BT.shape[1], samples.tokens_BT)
-    logp_BT = log_probs(gen, samples.tokens_BT, samples.z_BZ)
-    loss = -(logp_BT * rewards_BT * mask_BT).sum() / mask_BT.sum()
+    tokens_BT = samples.tokens_BT
+    mask_BT = length_mask(samples.lengths_B, tokens_BT.shape[1], tokens_BT)
+    if cfg.estimator == "rollout":
+        rewards_BT = rollout_rewards(
+            gen, disc, samples, cfg.rollout_num, generator=generator, reward=cfg.reward
+        )
+    elif cfg.estimator == "dense":
+        rewards_BT = dense_rewards(disc, samples, mask_BT, cfg)
+    else:  # constant: the control; D is not consulted
+        rewards_BT = torch.full_like(mask_BT, cfg.constant_reward)
+    advantage_BT = pg.advantage(rewards_BT, mask_BT)
+    logp_BT = log_probs(gen, tokens_BT, samples.z_BZ)
+    loss = pg.loss(logp_BT, advantage_BT, mask_BT)
     return {"loss": loss, "reward_mean": float((rewards_BT * mask_BT).sum() / mask_BT.sum())}
 
 
+class _PolicyGradient:
+    """The REINFORCE loss shared by the rollout, dense and constant estimators: an optional
+    per-position moving-average baseline, and a mean or (SeqGAN) summed reduction."""
+
+    def __init__(self, cfg: GANConfig, baseline_T, reduce_mean, world_size: int):
+        self.cfg, self.baseline_T = cfg, baseline_T
+        self.reduce_mean, self.world_size = reduce_mean, world_size
+
+    @torch.no_grad()
+    def advantage(self, rewards_BT: Tensor, mask_BT: Tensor) -> Tensor:
+        if self.cfg.reward_baseline is None:
+            return rewards_BT
+        batch_mean_T = (rewards_BT * mask_BT).sum(0) / mask_BT.sum(0).clamp(min=1)
+        if self.reduce_mean is not None:
+            batch_mean_T = self.reduce_mean(batch_mean_T)
+        baseline_T = self.baseline_T
+        if baseline_T is None:
+            return rewards_BT - batch_mean_T
+        if torch.isnan(baseline_T).all():  # the first batch sets it: no spurious first push
+            baseline_T.copy_(batch_mean_T)
+        advantage_BT = rewards_BT - baseline_T
+        decay = self.cfg.baseline_decay
+        baseline_T.mul_(decay).add_((1 - decay) * batch_mean_T)
+        return advantage_BT
+
+    def loss(self, logp_BT: Tensor, advantage_BT: Tensor, mask_BT: Tensor) -> Tensor:
+        total = -(logp_BT * advantage_BT * mask_BT).sum()
+        if self.cfg.pg_reduction == "sum":
+            # DDP averages the ranks' gradients: each rank's sum times W is the global sum.
+            return total * self.world_size
+        return total / mask_BT.sum()
+
+
+def reward_of(logits: Tensor, kind: str) -> Tensor:
+    """D's logit turned into a reward (GANConfig.reward)."""
+    if kind == "prob":
+        return torch.sigmoid(logits)
+    if kind == "log_prob":
+        return F.logsigmoid(logits)
+    if kind == "logit":
+        return logits
+    raise ValueError(f"unknown reward {kind!r}")
+
+
 @torch.no_grad()
-def rollout_rewards(gen, disc, samples, num_rollouts: int, *, generator=None) -> Tensor:
+def rollout_rewards(
+    gen, disc, samples, num_rollouts: int, *, generator=None, reward: str = "prob"
+) -> Tensor:
     """(B, T) rewards: column t < T-1 from completions of prefix t+1, the last from D(x) itself."""
     bare = unwrap(gen)
     tokens_BT = samples.tokens_BT
@@ -240,29 +345,16 @@ def rollout_rewards(gen, disc, samples, num_rollouts: int, *, generator=None) ->
     )  # (T-1, M, B, T)
     flat_RT = completions.reshape(-1, T)
     _, seq_R = disc(flat_RT, _lengths(bare, flat_RT))
-    partial_TmB = torch.sigmoid(seq_R).view(T - 1, num_rollouts, B).mean(1)  # (T-1, B)
+    partial_TmB = reward_of(seq_R, reward).view(T - 1, num_rollouts, B).mean(1)  # (T-1, B)
     _, full_B = disc(tokens_BT, samples.lengths_B)
-    return torch.cat([partial_TmB.T, torch.sigmoid(full_B)[:, None]], dim=1)
+    return torch.cat([partial_TmB.T, reward_of(full_B, reward)[:, None]], dim=1)
 
 
-def _g_dense(gen, disc, num, cfg, generator, baseline_T, reduce_mean) -> dict:
-    """ScratchGAN: discounted returns of D's per-step log-probabilities minus a moving baseline."""
-    samples = unwrap(gen).sample(num, generator=generator)
-    tokens_BT = samples.tokens_BT
-    mask_BT = length_mask(samples.lengths_B, tokens_BT.shape[1], tokens_BT)
-    with torch.no_grad():
-        prefix_BT, _ = disc(tokens_BT, samples.lengths_B)
-        returns_BT = discounted_returns(F.logsigmoid(prefix_BT) * mask_BT, cfg.dense_gamma)
-        batch_mean_T = (returns_BT * mask_BT).sum(0) / mask_BT.sum(0).clamp(min=1)
-        if reduce_mean is not None:
-            batch_mean_T = reduce_mean(batch_mean_T)
-        if baseline_T is None:
-            baseline_T = batch_mean_T.clone()
-        advantage_BT = returns_BT - baseline_T
-        baseline_T.mul_(cfg.baseline_decay).add_((1 - cfg.baseline_decay) * batch_mean_T)
-    logp_BT = log_probs(gen, tokens_BT, samples.z_BZ)
-    loss = -(logp_BT * advantage_BT * mask_BT).sum() / mask_BT.sum()
-    return {"loss": loss, "reward_mean": float((returns_BT * mask_BT).sum() / mask_BT.sum())}
+@torch.no_grad()
+def dense_rewards(disc, samples, mask_BT: Tensor, cfg: GANConfig) -> Tensor:
+    """ScratchGAN: discounted returns of D's per-prefix rewards."""
+    prefix_BT, _ = disc(samples.tokens_BT, samples.lengths_B)
+    return discounted_returns(reward_of(prefix_BT, cfg.reward) * mask_BT, cfg.dense_gamma)
 
 
 def discounted_returns(rewards_BT: Tensor, gamma: float) -> Tensor:
@@ -290,11 +382,13 @@ def adversarial_step(
     generator: Rng = None,
     baseline_T: Tensor | None = None,
     reduce_mean: Reduce | None = None,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """`d_steps` discriminator updates, then one generator update; `real_batches` yields
-    (tokens_BT, lengths_B) and is advanced d_steps + 1 times. Returns the last value of each stat."""
+    (tokens_BT, lengths_B) and is advanced d_steps + 1 times (once under the constant control,
+    which trains no D). Returns the last value of each stat."""
     stats: dict[str, float] = {}
-    for _ in range(d_steps):
+    for _ in range(0 if cfg.estimator == "constant" else d_steps):
         tokens_BT, lengths_B = next(real_batches)
         stats.update(
             d_step(
@@ -323,6 +417,7 @@ def adversarial_step(
             generator=generator,
             baseline_T=baseline_T,
             reduce_mean=reduce_mean,
+            world_size=world_size,
         )
     )
     return stats

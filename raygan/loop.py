@@ -36,7 +36,8 @@ from raygan import storage
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import Config
 from raygan.errors import RayganError
-from raygan.gan import adversarial_step, d_step, gumbel_beta, mle_step, set_lr
+from raygan.gan import FakePool, adversarial_step, d_step, gumbel_beta, mle_step, set_lr
+from raygan.metrics import d_accuracy_key
 from raygan.models import Discriminator, Generator, RowStreams, unwrap
 
 PHASES = ("mle", "d_pretrain", "adversarial")
@@ -110,11 +111,15 @@ class BatchStream:
 @dataclasses.dataclass
 class EarlyStopping:
     """Ends the current phase when `monitor` stalls for `patience` evaluations, when held-out NLL
-    rises while training NLL falls for `patience` evaluations, or when G's loss is under a threshold."""
+    rises while training NLL falls for `patience` evaluations, or when G's loss is under a
+    threshold. D pretraining (G fixed: its NLL cannot move) ends instead when D's held-out
+    accuracy reaches `d_target` (0: never)."""
 
     monitor: str
     patience: int
     threshold: float
+    d_target: float = 0.0
+    d_key: str = "d_acc"
     best: float = math.inf
     stalled: int = 0
     diverging: int = 0
@@ -124,6 +129,11 @@ class EarlyStopping:
         self.best, self.stalled, self.diverging, self.last = math.inf, 0, 0, {}
 
     def update(self, metrics: dict[str, float], phase: str) -> str | None:
+        if phase == "d_pretrain":
+            accuracy = metrics.get(self.d_key)
+            if self.d_target and accuracy is not None and accuracy >= self.d_target:
+                return f"D's held-out {self.d_key} {accuracy:.3f} reached d_pretrain_until_acc={self.d_target}"
+            return None
         if self.monitor == "g_loss":
             loss = metrics.get("g_loss")
             if phase == "adversarial" and loss is not None and loss < self.threshold:
@@ -152,13 +162,14 @@ class EarlyStopping:
         return {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("monitor", "patience", "threshold")
+            if k not in ("monitor", "patience", "threshold", "d_target", "d_key")
         }
 
 
 class Evaluator:
     """Held-out metrics on rank 0: NLL_test, NLL on a training subset, NLL_oracle (oracle data),
-    BLEU-4 / Self-BLEU-4 (text), and a few decoded samples."""
+    BLEU-4 / Self-BLEU-4 (text), D's accuracy on held-out real sequences vs the fresh samples
+    drawn here (raygan.metrics.heldout_d_accuracy), and a few decoded samples."""
 
     def __init__(self, data_dir: str, cfg: Config, device: torch.device):
         from raygan.data import load_codec, load_manifest, load_oracle, read_split
@@ -178,14 +189,16 @@ class Evaluator:
 
             self.references = BleuReference(_trim(test_NT, test_len_N, cfg.model.eos_id), max_n=4)
 
-    def __call__(self, gen: nn.Module, seed: int) -> dict[str, Any]:
-        from raygan.metrics import mean_token_nll, sample_tokens
+    def __call__(self, gen: nn.Module, seed: int, disc: nn.Module | None = None) -> dict[str, Any]:
+        from raygan.metrics import heldout_d_accuracy, mean_token_nll, sample_tokens
 
         out: dict[str, Any] = {
             "nll_test": mean_token_nll(gen, *self.test),
             "nll_train": mean_token_nll(gen, *self.train),
         }
         samples = sample_tokens(gen, self.cfg.schedule.eval_samples, seed=seed)
+        if disc is not None:
+            out.update(heldout_d_accuracy(disc, *self.test, samples.tokens_BT, samples.lengths_B))
         if self.oracle is not None:
             out["nll_oracle"] = mean_token_nll(self.oracle, samples.tokens_BT)
         else:
@@ -258,8 +271,12 @@ class TensorBoard:
 def _seed_step(cfg: Config, step: int, rank: int, world: int, device: torch.device) -> RowStreams:
     """Reseed this step's randomness: the global RNG (dropout) per rank, and sampling streams
     per slice of the global batch, so the numbers depend on (seed, step) and not on history."""
-    seed = cfg.schedule.seed
-    torch.manual_seed(_mix(seed, step, 1_000_003 + rank))
+    torch.manual_seed(_mix(cfg.schedule.seed, step, 1_000_003 + rank))
+    return _streams(cfg, (step,), rank, world, device)
+
+
+def _streams(cfg: Config, key: tuple[int, ...], rank: int, world: int, device) -> RowStreams:
+    """This rank's share of the global batch's random streams, seeded by (seed, *key, stream)."""
     streams = cfg.trainer.rng_streams or world
     if streams % world:
         raise RayganError(f"rng_streams={streams} must be a multiple of num_workers={world}")
@@ -267,7 +284,7 @@ def _seed_step(cfg: Config, step: int, rank: int, world: int, device: torch.devi
     # Generators live on the training device: CUDA draws need a CUDA generator, and drawing the
     # Gumbel noise on the CPU would copy (B, V) floats per token to the GPU.
     return RowStreams(
-        [torch.Generator(device=device).manual_seed(_mix(seed, step, s)) for s in mine]
+        [torch.Generator(device=device).manual_seed(_mix(cfg.schedule.seed, *key, s)) for s in mine]
     )
 
 
@@ -283,8 +300,18 @@ def build_models(cfg: Config):
     betas = (cfg.gan.adam_beta1, 0.999)
     opt_mle = torch.optim.Adam(gen.parameters(), lr=cfg.gan.mle_lr, betas=betas)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.gan.g_lr, betas=betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan.disc_lr, betas=betas)
+    if cfg.gan.d_weight_decay:
+        opt_d = torch.optim.AdamW(
+            disc.parameters(), lr=cfg.gan.disc_lr, betas=betas, weight_decay=cfg.gan.d_weight_decay
+        )
+    else:
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan.disc_lr, betas=betas)
     return gen, disc, opt_mle, opt_g, opt_d
+
+
+def uses_baseline(cfg: Config) -> bool:
+    """Whether the run keeps a per-position reward baseline (a REINFORCE estimator with ema)."""
+    return cfg.gan.estimator != "gumbel" and cfg.gan.reward_baseline == "ema"
 
 
 def _init_from(path: str, cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
@@ -313,8 +340,11 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
         warnings.warn("bf16=True is ignored on CPU", stacklevel=1)
 
     gen, disc, opt_mle, opt_g, opt_d = build_models(cfg)
-    step, consumed, baseline_T = 0, 0, None
-    stopper = EarlyStopping(cfg.trainer.monitor, cfg.trainer.patience, cfg.trainer.g_loss_threshold)
+    step, consumed, baseline_T, train_s = 0, 0, None, 0.0
+    stopper = EarlyStopping(
+        cfg.trainer.monitor, cfg.trainer.patience, cfg.trainer.g_loss_threshold,
+        d_target=cfg.schedule.d_pretrain_until_acc, d_key=d_accuracy_key(cfg.gan.loss),
+    )  # fmt: skip
     history: list[dict] = []
     if ctx.restore_dir:
         state, _, _ = load_checkpoint(ctx.restore_dir)
@@ -323,6 +353,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
         for opt, key in ((opt_mle, "opt_mle"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             opt.load_state_dict(state[key])
         step, consumed, baseline_T = state["step"], state["batches_consumed"], state["baseline_T"]
+        train_s = state.get("train_s", 0.0)
         for key, value in state["early_stopping"].items():
             setattr(stopper, key, value)
         history = json.loads(state["history"])
@@ -333,8 +364,10 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
         set_lr(opt_d, cfg.gan.disc_lr)
     elif cfg.trainer.init_from:
         _init_from(cfg.trainer.init_from, cfg, gen, disc)
-    if cfg.gan.estimator == "dense" and baseline_T is None:
-        baseline_T = torch.zeros(cfg.model.max_len)
+    if not uses_baseline(cfg):
+        baseline_T = None
+    elif baseline_T is None:  # NaN: the first batch's mean sets it
+        baseline_T = torch.full((cfg.model.max_len,), float("nan"))
     baseline_T = None if baseline_T is None else baseline_T.to(device)
 
     gen, disc = ctx.prepare_model(gen.to(device)), ctx.prepare_model(disc.to(device))
@@ -347,39 +380,51 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
     worker_nodes = _all_gather(ctx.node_id, world)
     total, started, last_metrics = cfg.schedule.total_steps, time.perf_counter(), {}
     stop_reason: str | None = None
+    pool: FakePool | None = None
 
     while step < total:
         phase, phase_start, phase_size = phase_of(step, cfg)
         rng = _seed_step(cfg, step, rank, world, device)
+        step_started = time.perf_counter()
+        if step == cfg.schedule.mle_steps and phase == "d_pretrain" and cfg.gan.d_init == "generator":
+            # D pretraining starts from G's features; D is untouched until here, so a resume
+            # at this very step repeats the same copy.
+            unwrap(disc).init_from_generator(unwrap(gen))
         with _autocast(cfg, device):
             if phase == "mle":
                 stats = mle_step(
                     gen, opt_mle, *next(batches), lr=cfg.gan.mle_lr, grad_clip=cfg.gan.grad_clip
                 )
             elif phase == "d_pretrain":
+                fakes = None
+                if cfg.schedule.d_pretrain_pool:
+                    pool = _refreshed_pool(pool, gen, cfg, step - phase_start, rank, world, device)
+                    fakes = pool.batch(step - phase_start)
                 stats = d_step(
-                    gen, disc, opt_d, *next(batches), cfg=cfg.gan, lr=cfg.gan.disc_lr, generator=rng
-                )
+                    gen, disc, opt_d, *next(batches), cfg=cfg.gan, lr=cfg.gan.disc_lr,
+                    generator=rng, fakes=fakes,
+                )  # fmt: skip
             else:
                 beta = gumbel_beta(
                     step - phase_start,
-                    phase_size,
+                    cfg.gan.gumbel_anneal_steps or phase_size,
                     cfg.gan.gumbel_max_temperature,
                     cfg.gan.gumbel_anneal,
                 )
                 stats = adversarial_step(
                     gen, disc, opt_g, opt_d, batches, cfg=cfg.gan, g_lr=cfg.gan.g_lr, d_lr=cfg.gan.disc_lr,
                     d_steps=cfg.gan.d_steps, beta=beta, generator=rng, baseline_T=baseline_T,
-                    reduce_mean=reduce_mean,
+                    reduce_mean=reduce_mean, world_size=world,
                 )  # fmt: skip
         step += 1
+        train_s += time.perf_counter() - step_started
         board.scalars(stats, step, phase)
         _maybe_fail(cfg, step, rank, world, run_dir)
 
         phase_ends = phase_of(step, cfg)[0] != phase
         if step % cfg.schedule.eval_every == 0 or phase_ends or step == total:
             last_metrics, reason = _evaluate(
-                evaluator, gen, cfg, step, phase, stats, stopper, board
+                evaluator, gen, disc, cfg, step, phase, stats, stopper, board, train_s
             )
             history.append({k: v for k, v in last_metrics.items() if k != "samples"})
             if _broadcast_flag(reason is not None, device):
@@ -395,6 +440,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
                 "opt_mle": opt_mle.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "baseline_T": None if baseline_T is None else baseline_T.cpu(),
                 "early_stopping": stopper.state(), "history": json.dumps(history),
+                "train_s": train_s,
             }  # fmt: skip
             applied = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
                        "batches_consumed": batches.consumed}  # fmt: skip
@@ -408,6 +454,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
     return {
         "steps": step,
         "wall_s": time.perf_counter() - started,
+        "train_s": train_s,
         "final_metrics": {k: v for k, v in last_metrics.items() if k != "samples"},
         "early_stops": [h for h in history if "early_stop" in h],
         "history": history,
@@ -415,10 +462,34 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
     }
 
 
-def _evaluate(evaluator, gen, cfg, step, phase, stats, stopper, board):
+POOL_STREAM_TAG = 2_000_003  # keeps the pool's random streams apart from the steps'
+
+
+def _refreshed_pool(pool, gen, cfg: Config, k: int, rank: int, world: int, device) -> FakePool:
+    """D pretraining's pool for its k-th step: regenerated at the start of every round of
+    d_pretrain_refresh steps (and after a resume), from streams seeded by (seed, round), so a
+    resumed or distributed run draws the pool the uninterrupted one-process run draws."""
+    s = cfg.schedule
+    round_index = k // s.d_pretrain_refresh
+    if pool is not None and pool.round_index == round_index:
+        return pool
+    streams = _streams(cfg, (POOL_STREAM_TAG, round_index), rank, world, device)
+    total_streams = cfg.trainer.rng_streams or world
+    return FakePool(
+        gen, cfg.gan, rows_per_stream=max(s.d_pretrain_pool // total_streams, 1),
+        batch_per_stream=s.batch_size // total_streams, streams=streams, round_index=round_index,
+    )  # fmt: skip
+
+
+def _evaluate(evaluator, gen, disc, cfg, step, phase, stats, stopper, board, train_s):
     if evaluator is None:  # not rank 0: the decision comes by broadcast
         return {}, None
-    metrics = {"step": step, "phase": phase, **evaluator(gen, seed=cfg.schedule.seed + 7)}
+    # D is scored once it has trained (D pretraining or adversarial steps have begun).
+    scored_disc = disc if step > cfg.schedule.mle_steps and cfg.gan.estimator != "constant" else None
+    metrics = {
+        "step": step, "phase": phase, "train_s": train_s,
+        **evaluator(gen, seed=cfg.schedule.seed + 7, disc=scored_disc),
+    }  # fmt: skip
     metrics.update({k: v for k, v in stats.items() if k in ("g_loss", "d_loss", "mle_loss")})
     board.scalars({k: v for k, v in metrics.items() if k != "step"}, step, "eval")
     board.text("samples", "\n\n".join(metrics["samples"]), step)

@@ -3,6 +3,10 @@
 - NLL_oracle: per-token mean NLL (nats) of G's samples under the oracle (quality on synthetic data).
 - NLL_test: per-token mean NLL of held-out real sequences under G, padding excluded (coverage).
 - BLEU-n / Self-BLEU-n: see raygan.bleu (equal to nltk's definition, much faster).
+- D's held-out accuracy: D's sequence logit on held-out real sequences and on fresh G samples
+  (neither in D's training batches): the share of each on the right side of 0, their mean, and
+  the pairwise accuracy (AUC: how often a real outscores a fake), which is the accuracy of a
+  relativistic D (rsgan), whose logits have no fixed threshold.
 """
 
 from __future__ import annotations
@@ -30,6 +34,76 @@ def sample_tokens(
     return Samples(
         torch.cat([p.tokens_BT for p in parts]), torch.cat([p.lengths_B for p in parts]), z
     )
+
+
+@torch.no_grad()
+def sequence_logits(
+    disc: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None, chunk: int = 1000
+) -> Tensor:
+    """D's logit per sequence, in eval mode (no dropout), `chunk` sequences at a time."""
+    bare = unwrap(disc)
+    was_training = bare.training
+    bare.eval()
+    device = bare.head.weight.device
+    parts = []
+    for start in range(0, tokens_BT.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        lengths = None if lengths_B is None else lengths_B[rows].to(device)
+        parts.append(bare(tokens_BT[rows].to(device), lengths)[1].float().cpu())
+    bare.train(was_training)
+    return torch.cat(parts)
+
+
+def pairwise_accuracy(real_N: Tensor, fake_M: Tensor) -> float:
+    """P(a real logit > a fake logit), ties counting one half: the ROC AUC."""
+    real_sorted = real_N.double().sort().values
+    below = torch.searchsorted(real_sorted, fake_M.double(), right=False)
+    at_or_below = torch.searchsorted(real_sorted, fake_M.double(), right=True)
+    above = real_N.numel() - at_or_below
+    ties = at_or_below - below
+    return float((above + 0.5 * ties).sum() / (real_N.numel() * fake_M.numel()))
+
+
+def heldout_d_accuracy(
+    disc: nn.Module,
+    real_BT: Tensor,
+    real_lengths_B: Tensor | None,
+    fake_BT: Tensor,
+    fake_lengths_B: Tensor | None,
+) -> dict[str, float]:
+    """d_acc_real, d_acc_fake, d_acc (their mean) and d_auc on sequences D never trained on."""
+    real_N = sequence_logits(disc, real_BT, real_lengths_B)
+    fake_M = sequence_logits(disc, fake_BT, fake_lengths_B)
+    acc_real, acc_fake = float((real_N > 0).float().mean()), float((fake_M < 0).float().mean())
+    return {
+        "d_acc_real": acc_real,
+        "d_acc_fake": acc_fake,
+        "d_acc": (acc_real + acc_fake) / 2,
+        "d_auc": pairwise_accuracy(real_N, fake_M),
+    }
+
+
+def d_accuracy_key(loss: str) -> str:
+    """Which held-out accuracy says how well D separates: the pairwise one for losses whose
+    logits have no fixed threshold (rsgan compares real with fake; wgan-gp is unbounded)."""
+    return "d_auc" if loss in ("rsgan", "wgan-gp") else "d_acc"
+
+
+def training_overlap(
+    samples: list[list[int]], training: list[list[int]], n: int = 4
+) -> dict[str, float]:
+    """How much of G's output is copied from the training set: the share of samples identical
+    to a training sequence, and the share of their n-grams that occur in it. Compared with the
+    same numbers for held-out real sequences (which no model saw), a higher share is copying:
+    the oracle scores a memorised training sequence as well as any real one, so NLL_oracle
+    alone would count memorisation as quality."""
+    whole = {tuple(row) for row in training}
+    grams = {tuple(row[i : i + n]) for row in training for i in range(len(row) - n + 1)}
+    sample_grams = [tuple(row[i : i + n]) for row in samples for i in range(len(row) - n + 1)]
+    return {
+        "copied": sum(tuple(row) in whole for row in samples) / max(len(samples), 1),
+        f"train_{n}grams": sum(g in grams for g in sample_grams) / max(len(sample_grams), 1),
+    }
 
 
 def mean_token_nll(

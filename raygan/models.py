@@ -465,6 +465,29 @@ class Discriminator(nn.Module):
         self.dropout = nn.Dropout(cfg.d_dropout)
         self.head = nn.Linear(cfg.d_hidden_dim, 1)
 
+    @torch.no_grad()
+    def init_from_generator(self, gen: Generator) -> None:
+        """Copy G's embedding and LSTM into D (Caccia et al. start D from the MLE language model):
+        D then begins with features that already model the data; its head starts fresh."""
+        g, d = gen.cfg, self.cfg
+        mismatched = [
+            f"{name}: G {gv} vs D {dv}"
+            for name, gv, dv in (
+                ("embed_dim", g.g_embed_dim, d.d_embed_dim),
+                ("hidden_dim", g.g_hidden_dim, d.d_hidden_dim),
+                ("layers", g.g_layers, d.d_layers),
+            )
+            if gv != dv
+        ]
+        if mismatched or g.z_dim:
+            what = ", ".join(mismatched) if mismatched else f"G has z_dim={g.z_dim}"
+            raise RayganError(
+                f"d_init=generator needs D's sizes equal to G's and z_dim=0 ({what}); set "
+                "d_embed_dim/d_hidden_dim/d_layers to G's or d_init=fresh"
+            )
+        self.embed.load_state_dict(gen.embed.state_dict())
+        self.lstm.load_state_dict(gen.lstm.state_dict())
+
     def forward(self, inputs: Tensor, lengths_B: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """inputs: token ids (B, T) or soft one-hots (B, T, V).
 

