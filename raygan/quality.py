@@ -231,6 +231,24 @@ def recipe_start(
     return settings, None
 
 
+class ScoreCache:
+    """Scores of checkpoints (NLL_oracle, BLEU, ...) kept in OUT/scores.json by (checkpoint,
+    temperature, what): a rerun that adds a recipe, or only rebuilds the tables, does not
+    sample the finished runs' 10,000 sequences per temperature again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.scores = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        from raygan.checkpoint import atomic_write_text
+
+        if key not in self.scores:
+            self.scores[key] = compute()
+            atomic_write_text(self.path, json.dumps(self.scores, indent=1, default=float))
+        return dict(self.scores[key])
+
+
 # -- statistics ----------------------------------------------------------------------------------
 def mean_std(values: list[float]) -> dict[str, float]:
     finite_values = [v for v in values if v is not None and math.isfinite(v)]
@@ -281,8 +299,14 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     references_text = [codec.decode(r) for r in refs]
     seed = plan.seeds[0]
     fed_model, fed_note = fed_model_path(plan.fed_model)
+    cache = ScoreCache(out / "scores.json")
 
     def score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
+        key = (f"text {checkpoint} T={temperature:g} n={plan.text_hypotheses} "
+               f"self={plan.text_self_bleu} full={full} fed={fed_model}")  # fmt: skip
+        return cache.get(key, lambda: _score(checkpoint, temperature, full))
+
+    def _score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
         gen, _, _ = load_generator(checkpoint)
         samples = sample_tokens(gen, plan.text_hypotheses, seed=seed + 11, temperature=temperature)
         hyps = _trim(samples.tokens_BT, samples.lengths_B, eos)

@@ -13,6 +13,7 @@ from raygan.quality import (
     SEQGAN_GOAL,
     SEQGAN_GOAL_SECONDS,
     QualityPlan,
+    ScoreCache,
     _sweep,
     beats,
     best_checkpoint,
@@ -47,7 +48,13 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     test_NT, test_len_N = read_split(str(data_dir), "test")
     train_rows = read_split(str(data_dir), "train")[0].tolist()
 
+    cache = ScoreCache(out / "scores.json")
+
     def score(checkpoint: str, temperature: float, seed: int) -> dict[str, float]:
+        key = f"oracle {checkpoint} T={temperature:g} n={plan.eval_samples} seed={seed}"
+        return cache.get(key, lambda: _score(checkpoint, temperature, seed))
+
+    def _score(checkpoint: str, temperature: float, seed: int) -> dict[str, float]:
         from raygan.checkpoint import load_generator
 
         gen, _, _ = load_generator(checkpoint)
