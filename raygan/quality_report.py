@@ -149,7 +149,7 @@ def _text_markdown(t: dict, plan: dict) -> list[str]:
             f"{r['method']} (ours)", *(r[f"bleu{n}"] for n in BLEU_ORDERS),
             *(r[f"self_bleu{n}"] for n in BLEU_ORDERS), r["nll_test"],
             "—" if r.get("fed") is None else f"{r['fed']:.4f}",
-            "—" if r.get("bleu4_over_curve") is None else f"{r['bleu4_below_curve']:+.4f}",
+            "—" if r.get("bleu4_over_curve") is None else f"{r['bleu4_over_curve']:+.4f}",
             f"{d['adversarial_mean']:.2f}" if "adversarial_mean" in d else "—",
         ])  # fmt: skip
     for name, scores in PUBLISHED_COCO.items():
