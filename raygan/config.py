@@ -207,15 +207,21 @@ class ScheduleConfig:
     adv_steps: int = 1000
     """Adversarial generator steps (each preceded by d_steps discriminator steps)."""
     eval_every: int = 200
-    """Steps between evaluations (NLL metrics)."""
+    """Steps between evaluations (NLL metrics, D's held-out accuracy)."""
+    d_pretrain_eval_every: int = 0
+    """Steps between evaluations during D pretraining, where G (and so every NLL) is fixed and
+    only D's accuracy moves; 0 means eval_every."""
     eval_samples: int = 1000
     """Samples drawn for NLL_oracle / BLEU at each evaluation."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_every", "eval_samples", "d_pretrain_refresh"):
             _check_positive(self, name)
-        if self.d_pretrain_pool < 0:
-            raise RayganError(f"d_pretrain_pool must be >= 0, got {self.d_pretrain_pool}")
+        if self.d_pretrain_pool < 0 or self.d_pretrain_eval_every < 0:
+            raise RayganError(
+                f"d_pretrain_pool and d_pretrain_eval_every must be >= 0, got "
+                f"{self.d_pretrain_pool} and {self.d_pretrain_eval_every}"
+            )
         if not 0.0 <= self.d_pretrain_until_acc < 1.0:
             raise RayganError(
                 f"d_pretrain_until_acc must be in [0, 1), got {self.d_pretrain_until_acc}"

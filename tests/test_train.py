@@ -298,6 +298,15 @@ def test_d_pretraining_stops_once_d_is_accurate_on_held_out_data(oracle_data):
     assert summary["train_s"] > 0 and all("train_s" in h for h in summary["history"])
 
 
+def test_d_pretraining_has_its_own_evaluation_cadence(oracle_data):
+    overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout", "mle_steps": 4,
+                 "d_pretrain_steps": 10, "d_pretrain_eval_every": 5, "adv_steps": 4,
+                 "eval_every": 2, "checkpoint_every": 1000}  # fmt: skip
+    steps = [(h["phase"], h["step"]) for h in _in_process(oracle_data, overrides)["history"]]
+    assert steps == [("mle", 2), ("mle", 4), ("d_pretrain", 9), ("d_pretrain", 14),
+                     ("adversarial", 16), ("adversarial", 18)]  # fmt: skip
+
+
 def test_resume_inside_a_pool_round_is_exact(oracle_data, tmp_path):
     overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout", "d_pretrain_steps": 6,
                  "d_pretrain_pool": 24, "d_pretrain_refresh": 4, "adv_steps": 2,
