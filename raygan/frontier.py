@@ -11,7 +11,9 @@ counts as an improvement only where it lies below the curve, not where its y alo
   Between two temperatures the chord lies on or above a convex curve, so a sparse sweep makes
   the reference look worse than it is; sweeps are dense where models land (near T=1).
 - `frontier_distance`: y minus the curve at the model's own x; negative is below the curve,
-  i.e. better than every temperature of MLE.
+  i.e. better than every temperature of MLE. MLE at any of the curve's temperatures scores 0
+  by construction, so as an objective (PBT's `frontier_distance`) no temperature knob can win
+  it, while NLL_oracle alone is won by the coldest, lowest-entropy model.
 - `dominated`: whether every point of a curve is matched or beaten by the reference curve.
 """
 
@@ -35,22 +37,34 @@ def pareto_front(points: Iterable[Point]) -> list[Point]:
     return front
 
 
-def curve_at(reference: Iterable[Point], x: float) -> float:
-    """The reference's Pareto front, linearly interpolated at x; NaN outside its x-range."""
+def curve_at(reference: Iterable[Point], x: float, *, extrapolate: bool = False) -> float:
+    """The reference's Pareto front, linearly interpolated at x; outside its x-range NaN, or
+    with `extrapolate` its first or last segment extended (a one-point front is flat)."""
     front = pareto_front(reference)
-    if not front or not front[0][0] <= x <= front[-1][0]:
+    if not front:
         return math.nan
+    if not front[0][0] <= x <= front[-1][0]:
+        if not extrapolate:
+            return math.nan
+        if len(front) == 1:
+            return front[0][1]
+        (x0, y0), (x1, y1) = front[:2] if x < front[0][0] else front[-2:]
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     for (x0, y0), (x1, y1) in itertools.pairwise(front):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return front[0][1]  # a front of one point, and x is that point's
 
 
-def frontier_distance(reference: Iterable[Point], point: Point) -> float:
+def frontier_distance(
+    reference: Iterable[Point], point: Point, *, extrapolate: bool = False
+) -> float:
     """The point's y minus the reference curve at its x (negative: below, better); NaN when x
-    lies outside the reference's range (then say so rather than extrapolate)."""
+    lies outside the reference's range (a benchmark says so rather than extrapolate), unless
+    `extrapolate` (an objective must rank every point: a collapsed G, far right, is then far
+    above the extended curve)."""
     x, y = point
-    return y - curve_at(reference, x)
+    return y - curve_at(reference, x, extrapolate=extrapolate)
 
 
 def dominated(curve: Sequence[Point], reference: Sequence[Point]) -> bool:

@@ -36,6 +36,7 @@ from raygan import storage
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import Config
 from raygan.errors import RayganError
+from raygan.frontier import frontier_distance
 from raygan.gan import FakePool, adversarial_step, d_step, gumbel_beta, mle_step, set_lr
 from raygan.metrics import d_accuracy_key
 from raygan.models import Discriminator, Generator, RowStreams, unwrap
@@ -171,10 +172,13 @@ class Evaluator:
     BLEU-4 / Self-BLEU-4 (text), D's accuracy on held-out real sequences vs the fresh samples
     drawn here (raygan.metrics.heldout_d_accuracy), and a few decoded samples."""
 
-    def __init__(self, data_dir: str, cfg: Config, device: torch.device):
+    def __init__(
+        self, data_dir: str, cfg: Config, device: torch.device, frontier: list | None = None
+    ):
         from raygan.data import load_codec, load_manifest, load_oracle, read_split
 
         self.cfg, self.device = cfg, device
+        self.frontier = [tuple(p) for p in frontier] if frontier else None
         n = cfg.schedule.eval_samples
         test_NT, test_len_N = read_split(data_dir, "test")
         train_NT, train_len_N = read_split(data_dir, "train")
@@ -201,6 +205,9 @@ class Evaluator:
             out.update(heldout_d_accuracy(disc, *self.test, samples.tokens_BT, samples.lengths_B))
         if self.oracle is not None:
             out["nll_oracle"] = mean_token_nll(self.oracle, samples.tokens_BT)
+            if self.frontier:  # PBT's objective: how far below MLE's curve G has moved
+                point = (out["nll_test"], out["nll_oracle"])
+                out["frontier_distance"] = frontier_distance(self.frontier, point, extrapolate=True)
         else:
             from raygan.bleu import self_bleu
 
@@ -374,7 +381,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
     per_rank = cfg.schedule.batch_size // world
     batches = BatchStream(data_dir, rank=rank, world_size=world, batch_size=per_rank,
                           seed=cfg.schedule.seed, consumed=consumed, device=device)  # fmt: skip
-    evaluator = Evaluator(data_dir, cfg, device) if rank == 0 else None
+    evaluator = Evaluator(data_dir, cfg, device, run.get("frontier")) if rank == 0 else None
     board = TensorBoard(run_dir, rank, step)
     reduce_mean = _all_reduce_mean if world > 1 else None
     worker_nodes = _all_gather(ctx.node_id, world)
@@ -422,7 +429,11 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
         _maybe_fail(cfg, step, rank, world, run_dir)
 
         phase_ends = phase_of(step, cfg)[0] != phase
-        if step % cfg.schedule.eval_every == 0 or phase_ends or step == total:
+        if phase == "d_pretrain" and cfg.schedule.d_pretrain_eval_every:
+            due = (step - phase_start) % cfg.schedule.d_pretrain_eval_every == 0
+        else:
+            due = step % cfg.schedule.eval_every == 0
+        if due or phase_ends or step == total:
             last_metrics, reason = _evaluate(
                 evaluator, gen, disc, cfg, step, phase, stats, stopper, board, train_s
             )
@@ -481,6 +492,29 @@ def _refreshed_pool(pool, gen, cfg: Config, k: int, rank: int, world: int, devic
     )  # fmt: skip
 
 
+def eval_seed(cfg: Config) -> int:
+    """The seed of the samples every evaluation draws (the same each time: a change in a
+    metric between evaluations is G's, not the draw's)."""
+    return cfg.schedule.seed + 7
+
+
+def temperature_curve(data_dir: str, cfg: Config, gen: nn.Module, temperatures) -> list:
+    """(NLL_test, NLL_oracle) of `gen` at each temperature, measured as the evaluations of a
+    run with `cfg` measure them (the same held-out rows, sample count and seed), so a distance
+    to this curve compares like with like."""
+    from raygan.data import load_oracle, read_split
+    from raygan.metrics import nll_oracle, nll_test
+
+    n = cfg.schedule.eval_samples
+    test_NT, test_len_N = read_split(data_dir, "test")
+    oracle = load_oracle(data_dir)
+    return [
+        (nll_test(gen, test_NT[:n], test_len_N[:n], temperature=t),
+         nll_oracle(oracle, gen, num=n, seed=eval_seed(cfg), temperature=t))
+        for t in temperatures
+    ]  # fmt: skip
+
+
 def _evaluate(evaluator, gen, disc, cfg, step, phase, stats, stopper, board, train_s):
     if evaluator is None:  # not rank 0: the decision comes by broadcast
         return {}, None
@@ -488,7 +522,7 @@ def _evaluate(evaluator, gen, disc, cfg, step, phase, stats, stopper, board, tra
     scored_disc = disc if step > cfg.schedule.mle_steps and cfg.gan.estimator != "constant" else None
     metrics = {
         "step": step, "phase": phase, "train_s": train_s,
-        **evaluator(gen, seed=cfg.schedule.seed + 7, disc=scored_disc),
+        **evaluator(gen, seed=eval_seed(cfg), disc=scored_disc),
     }  # fmt: skip
     metrics.update({k: v for k, v in stats.items() if k in ("g_loss", "d_loss", "mle_loss")})
     board.scalars({k: v for k, v in metrics.items() if k != "step"}, step, "eval")

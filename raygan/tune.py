@@ -57,6 +57,7 @@ def tune_trial(hparams: dict[str, Any], *, setup: dict[str, Any]) -> None:
         "data_dir": setup["data_dir"],
         "run_dir": storage.join(setup["tune_dir"], "trials", trial_id),
         "checkpoint_meta": {"trial_id": trial_id},
+        "frontier": setup.get("frontier"),
     }
     checkpoint = ray.tune.get_checkpoint()  # [1] our own (resume) or a donor's (PBT exploit)
     restored = _restored_from(checkpoint, trial_id)
@@ -211,6 +212,7 @@ def run_tune(
     request = {"space": space.to_dict(), "data_dir": data_dir, "scheduler": scheduler}
     _check_tune_dir(out, request, fresh)
     atomic_write_text(storage.join(out, "tune.json"), json.dumps(request, indent=2))
+    frontier = _frontier(space, config, data_dir, out, log)
 
     # Tune warns when frequent checkpoints force experiment snapshots: expected at small sizes.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -220,7 +222,7 @@ def run_tune(
         f"tune: {space.trials} trials of {config.schedule.total_steps} steps, "
         f"{max_concurrent} at a time, metric {space.metric} ({space.mode}), scheduler {scheduler}"
     )
-    tuner = _make_tuner(space, data_dir, out, config, max_concurrent, scheduler)
+    tuner = _make_tuner(space, data_dir, out, config, max_concurrent, scheduler, frontier)
     with warnings.catch_warnings():
         # Tune suggests reusing trial actors under PBT; an exploit here restarts the trial's
         # process instead (a few seconds, small next to a perturbation interval), which also
@@ -233,6 +235,36 @@ def run_tune(
     summary = summarize(grid, space, out)
     log(f"best: trial {summary['best']['trial_id']} {space.metric}={summary['best']['metric']:.4f}")
     return summary
+
+
+FRONTIER_TEMPERATURES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5)
+
+
+def _frontier(space: SearchSpace, config, data_dir: str, out: str, log) -> list | None:
+    """For metric frontier_distance: MLE's curve, the starting checkpoint (init_from) sampled
+    over FRONTIER_TEMPERATURES, computed once before any trial and kept in TUNE_DIR/frontier.json.
+    A trial is then ranked by how far below the curve it has moved: sharpening, which lowers
+    NLL_oracle alone, moves along the curve or above it and cannot win."""
+    if space.metric != "frontier_distance":
+        return None
+    path = storage.join(out, "frontier.json")
+    if storage.is_file(path):
+        return json.loads(storage.read_text(path))["points"]
+    if not config.trainer.init_from:
+        raise RayganError(
+            f"{space.source}: metric frontier_distance is measured against the starting "
+            "checkpoint's temperature curve: set init_from=CHECKPOINT"
+        )
+    from raygan.checkpoint import load_generator
+    from raygan.loop import temperature_curve
+
+    gen, _, _ = load_generator(config.trainer.init_from)
+    log(f"tune: MLE's curve from {config.trainer.init_from} at {len(FRONTIER_TEMPERATURES)} temperatures")
+    points = temperature_curve(data_dir, config, gen, FRONTIER_TEMPERATURES)
+    record = {"checkpoint": config.trainer.init_from, "temperatures": FRONTIER_TEMPERATURES,
+              "points": points, "eval_samples": config.schedule.eval_samples}  # fmt: skip
+    atomic_write_text(path, json.dumps(record, indent=2))
+    return points
 
 
 def _absolute_paths(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +285,8 @@ def _check_tune_dir(out: str, request: dict, fresh: bool) -> None:
     if not storage.is_file(saved):
         return
     if fresh:
-        names = ("ray", "trials", "best", "tune.json", "results.json", "results.md", "metric.png")
+        names = ("ray", "trials", "best", "tune.json", "results.json", "results.md", "metric.png",
+                 "frontier.json")  # fmt: skip
         for name in names:
             storage.delete(storage.join(out, name))
         return
@@ -279,12 +312,18 @@ def _trials_that_fit(config) -> int:
     return max(1, workers // t.num_workers)
 
 
-def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurrent, scheduler):
+def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurrent, scheduler,
+                frontier=None):  # fmt: skip
     from ray import tune
 
     trainable = tune.with_parameters(
         tune_trial,
-        setup={"data_dir": data_dir, "tune_dir": out, "fixed": space.trial_overrides()},
+        setup={
+            "data_dir": data_dir,
+            "tune_dir": out,
+            "fixed": space.trial_overrides(),
+            "frontier": frontier,
+        },
     )
     t = config.trainer
     if t.num_workers == 1:

@@ -32,6 +32,14 @@ def test_distance_against_a_hand_computed_case():
     assert curve_at(SWEEP, 7.555) == pytest.approx(9.68)
 
 
+def test_an_objective_extends_the_end_segments():
+    # left of 7.55: the T=1.1 -> T=1.0 segment (slope -4) extended; right of 7.8: T=0.9 -> 0.8 (-4)
+    assert curve_at(SWEEP, 7.5, extrapolate=True) == pytest.approx(9.9)
+    assert curve_at(SWEEP, 8.0, extrapolate=True) == pytest.approx(8.0)
+    assert frontier_distance(SWEEP, (9.0, 8.0), extrapolate=True) == pytest.approx(4.0)  # collapsed
+    assert curve_at([(1.0, 2.0)], 5.0, extrapolate=True) == 2.0
+
+
 def test_distance_outside_the_sweep_is_nan_not_extrapolated():
     assert math.isnan(frontier_distance(SWEEP, (7.5, 9.0)))  # more coverage than any T reaches
     assert math.isnan(frontier_distance(SWEEP, (7.9, 8.0)))

@@ -61,6 +61,18 @@ def _reports(tune_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _checkpoints_by_writer(tune_dir: Path) -> dict[str, dict[int, tuple[dict, dict]]]:
+    """(meta, config) of every checkpoint under Tune's trial dirs, by writer trial id and step.
+    Not result.json: synchronous PBT can pause a trial between its report's checkpoint being
+    registered and the report being logged, and a clone may start from that checkpoint."""
+    out: dict[str, dict[int, tuple[dict, dict]]] = {}
+    for path in (tune_dir / "ray" / "pbt").glob("*/checkpoint_*/checkpoint.json"):
+        meta = json.loads(path.read_text())
+        config = json.loads((path.parent / "config.json").read_text())
+        out.setdefault(meta["trial_id"], {})[meta["step"]] = (meta, config)
+    return out
+
+
 # ---------------------------------------------------------------- space files
 
 
@@ -163,6 +175,7 @@ def test_pbt_exploits_and_reapplies_the_mutated_hyperparameters(pbt_run):
     summary, tune_dir = pbt_run
     assert summary["exploits"] >= 1
     reports = _reports(tune_dir)
+    written = _checkpoints_by_writer(tune_dir)
     assert len(reports) == 2
     checked = 0
     for trial_id, rows in reports.items():
@@ -171,17 +184,19 @@ def test_pbt_exploits_and_reapplies_the_mutated_hyperparameters(pbt_run):
                 continue
             donor_id, restored_step = row["restored_from"], row["restored_step"]
             assert donor_id != trial_id and donor_id in reports
-            donor_steps = {r["step"]: r for r in reports[donor_id]}
-            assert restored_step in donor_steps  # a checkpoint the donor had reported
-            assert row["restored_batches"] == donor_steps[restored_step]["batches_consumed"]
+            # A checkpoint the donor wrote at that step, and the data position it recorded.
+            donor_meta, donor_config = written[donor_id][restored_step]
+            assert row["restored_batches"] == donor_meta["metrics"]["batches_consumed"]
             total = apply_overrides(Config(), TINY_FIXED).schedule.total_steps
             assert row["step"] == min(restored_step + TINY_SPACE["report_every"], total)
             # The config this trial runs with after the exploit is its own mutated one.
             own = row["config"]
-            donor_config = next(
-                r["config"] for r in reports[donor_id] if r["step"] == restored_step
-            )
-            assert own != donor_config
+            donor_hparams = {
+                "g_lr": donor_config["gan"]["g_lr"],
+                "d_lr_ratio": donor_config["gan"]["d_lr_ratio"],
+                "d_steps": donor_config["gan"]["d_steps"],
+            }
+            assert own != pytest.approx(donor_hparams, rel=1e-9)
             assert row["lr_g"] == pytest.approx(own["g_lr"], rel=1e-12)
             assert row["lr_d"] == pytest.approx(own["g_lr"] * own["d_lr_ratio"], rel=1e-12)
             # D updates actually done since the restore follow this trial's d_steps.
@@ -295,3 +310,70 @@ def test_d_lr_ratio_sets_the_discriminator_lr():
     assert apply_overrides(Config(), {"d_lr": 5e-4}).gan.disc_lr == 5e-4  # no ratio: d_lr itself
     with pytest.raises(RayganError, match="d_lr_ratio must be > 0"):
         apply_overrides(Config(), {"d_lr_ratio": 0})
+
+
+def _tiny_checkpoint(data_dir: str, out: Path) -> str:
+    """An MLE checkpoint of the tiny nets, written by the loop in this process."""
+    import shutil
+
+    from raygan.loop import WorkerContext, train_loop
+    from raygan.train import resolve_config
+
+    config = resolve_config(data_dir, {**TINY_FIXED, "mle_steps": 8, "d_pretrain_steps": 0,
+                                       "adv_steps": 0, "checkpoint_every": 8})  # fmt: skip
+
+    def keep(metrics, checkpoint_dir):
+        shutil.copytree(checkpoint_dir, out)
+
+    train_loop({"config": config.to_dict(), "data_dir": data_dir, "run_dir": None},
+               WorkerContext(report=keep))  # fmt: skip
+    return str(out)
+
+
+def test_frontier_objective_is_measured_against_the_starting_checkpoint(
+    ray_cluster, oracle_data, tmp_path
+):
+    from raygan.frontier import frontier_distance
+    from raygan.tune import run_tune
+
+    start = _tiny_checkpoint(oracle_data, tmp_path / "start")
+    space = {**TINY_SPACE, "metric": "frontier_distance", "trials": 1, "synch": False,
+             "fixed": {**TINY_FIXED, "recipe": "ratio", "mle_steps": 0, "d_pretrain_steps": 2,
+                       "adv_steps": 4},
+             "search": {"g_lr": {"choice": [0.01]}, "d_lr_ratio": {"choice": [1.0]},
+                        "d_steps": {"choice": [1]}}}  # fmt: skip
+    path = _space_file(tmp_path, space)
+    with pytest.raises(RayganError, match="set init_from=CHECKPOINT"):
+        run_tune(path, oracle_data, str(tmp_path / "no-start"), scheduler="none",
+                 log=lambda *_: None)  # fmt: skip
+    out = tmp_path / "t"
+    summary = run_tune(path, oracle_data, str(out), overrides={"init_from": start},
+                       scheduler="none", log=lambda *_: None)  # fmt: skip
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert frontier["checkpoint"] == start and len(frontier["points"]) == len(frontier["temperatures"])
+    [rows] = _reports(out).values()
+    for row in rows:  # every report's objective is its own point against that curve
+        point = (row["nll_test"], row["nll_oracle"])
+        expected = frontier_distance([tuple(p) for p in frontier["points"]], point, extrapolate=True)
+        assert row["frontier_distance"] == pytest.approx(expected)
+    assert summary["metric"] == "frontier_distance"
+
+
+def test_no_temperature_of_the_starting_mle_wins_the_frontier_objective(oracle_data, tmp_path):
+    """The frontier objective scores every temperature of the starting MLE at 0 or above (on
+    its own curve, or above it where dominated), measured as a trial's evaluation measures it,
+    so no temperature knob can win it (NLL_oracle alone is won by sharpening)."""
+    from raygan.checkpoint import load_generator
+    from raygan.frontier import frontier_distance
+    from raygan.loop import temperature_curve
+    from raygan.train import resolve_config
+    from raygan.tune import FRONTIER_TEMPERATURES
+
+    start = _tiny_checkpoint(oracle_data, tmp_path / "start")
+    gen, _, _ = load_generator(start)
+    config = resolve_config(oracle_data, {**TINY_FIXED, "eval_samples": 64})
+    curve = temperature_curve(oracle_data, config, gen, FRONTIER_TEMPERATURES)
+    assert len(curve) == len(FRONTIER_TEMPERATURES)
+    distances = [frontier_distance(curve, p, extrapolate=True) for p in curve]
+    assert all(d >= -1e-9 for d in distances)  # on the curve, or above it where dominated
+    assert min(distances) == pytest.approx(0.0, abs=1e-9)
