@@ -1,18 +1,22 @@
-"""PBT against the same trials with fixed configurations, at equal compute, on the SeqGAN oracle.
+"""PBT against the same trials with fixed configurations, at equal compute, on the SeqGAN oracle,
+ranked by the frontier objective (how far below MLE's temperature curve a trial has moved).
 
-    python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~25 minutes on 2 CPUs
+    python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~40 minutes on 2 CPUs
     python scripts/bench_tune.py --smoke-test                 # tiny sizes, checks the script
 
 1. prepare: 10,000 training and 2,000 held-out samples of SeqGAN's oracle
    (../shared/data/seqgan_oracle/target_params.npz; a seeded random oracle when it is absent);
-2. pretrain: MLE (then a short D pretraining) in one process: the shared starting point, since
-   searching the G/D balance only matters in adversarial training;
-3. fixed: `raygan tune --scheduler none`: T trials drawn from tune_spaces/pbt_oracle.yaml, each
-   A adversarial steps from the pretrained checkpoint, configurations never change;
+2. pretrain: MLE for the epochs where held-out NLL is best, then D pretraining, in one process:
+   the shared starting point (searching the G/D balance only matters in adversarial training);
+3. fixed: `raygan tune --scheduler none`: T trials drawn from tune_spaces/pbt_oracle.yaml with
+   the recipe itself searched among RECIPES (each trial starts from a shipped recipe's keys),
+   A adversarial steps each from the pretrained checkpoint, configurations never change;
 4. pbt: the same command with PBT. The same seed draws the same T initial configurations, so the
    two arms differ only in exploit/explore. Both spend T x A generator steps.
-Reported per arm: the best NLL_oracle any trial reached (the checkpoint exported to best/), the
-best final NLL_oracle, exploits, wall time and the command.
+Reported per arm: the best frontier_distance any trial reached (the checkpoint exported to
+best/), the best final one, the NLL_oracle / NLL_test behind them, exploits, wall time and the
+command; and the starting MLE's own temperatures on the objective (all 0: a temperature knob,
+which wins NLL_oracle alone, cannot win it).
 """
 
 from __future__ import annotations
@@ -42,17 +46,20 @@ SEQGAN_ORACLE = REPO.parent / "shared/data/seqgan_oracle/target_params.npz"
 SPACE = REPO / "tune_spaces/pbt_oracle.yaml"
 
 
+RECIPES = ("ratio", "seqgan", "relgan")  # the batch-64 recipes; scratchgan's batch is 512
+
+
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     num_train: int = 10_000
     num_test: int = 2_000
-    mle_epochs: int = 10
-    d_pretrain_steps: int = 100
+    mle_epochs: int = 5  # the best held-out NLL on this oracle (BENCHMARKS.md, quality)
+    d_pretrain_steps: int = 1000
     trials: int = 4
-    adv_steps: int = 150
+    adv_steps: int = 100
     report_every: int = 25
     perturbation_interval: int = 50
-    eval_samples: int = 1000
+    eval_samples: int = 2000
     model: tuple = ()  # extra overrides (the smoke test's tiny nets)
 
 
@@ -61,7 +68,7 @@ SMOKE = Sizes(
     num_train=256, num_test=64, mle_epochs=2, d_pretrain_steps=2, trials=2, adv_steps=8,
     report_every=2, perturbation_interval=4, eval_samples=32,
     model=(("g_embed_dim", 8), ("g_hidden_dim", 8), ("d_embed_dim", 8), ("d_hidden_dim", 8),
-           ("batch_size", 8)),
+           ("batch_size", 8), ("rollout_num", 2)),
 )  # fmt: skip
 
 
@@ -98,6 +105,7 @@ def pretrain(s: Sizes, data: str, work: Path) -> dict:
         WorkerContext(report=report),
     )
     return {"checkpoint": str(out), "nll_oracle": last["nll_oracle"], "mle_steps": mle_steps,
+            "nll_test": last["nll_test"], "d_acc": last.get("d_acc"),
             "wall_s": time.perf_counter() - started}  # fmt: skip
 
 
@@ -107,6 +115,8 @@ def space_file(s: Sizes, work: Path) -> str:
     space = yaml.safe_load(SPACE.read_text())
     space.update(trials=s.trials, report_every=s.report_every,
                  perturbation_interval=s.perturbation_interval)  # fmt: skip
+    space["fixed"].pop("recipe", None)  # searched instead: each trial starts from a recipe
+    space["search"] = {"recipe": {"choice": list(RECIPES)}, **space["search"]}
     space["fixed"].update(adv_steps=s.adv_steps, eval_samples=s.eval_samples)
     path = work / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
@@ -124,15 +134,19 @@ def arm(name: str, space: str, data: str, work: Path, overrides: dict) -> dict:
                        log=lambda *_: None)  # fmt: skip
     wall = time.perf_counter() - started
     trials = summary["trials"]
+    best_meta = json.loads((out / "best" / "checkpoint.json").read_text())["metrics"]
     return {
         "command": shlex.join(command),
         "wall_s": wall,
-        "best_nll_oracle": summary["best"]["metric"],
+        "best_metric": summary["best"]["metric"],
+        "best_nll_oracle": best_meta["nll_oracle"],
+        "best_nll_test": best_meta["nll_test"],
         "best_step": summary["best"]["step"],
         "best_config": summary["best"]["config"],
-        "best_final_nll_oracle": min(t["final_metric"] for t in trials),
+        "best_final_metric": min(t["final_metric"] for t in trials),
         "exploits": summary["exploits"],
         "trials": trials,
+        "frontier": json.loads((out / "frontier.json").read_text()),
         "results_md": (out / "results.md").read_text(),
     }
 
@@ -150,13 +164,12 @@ def run(s: Sizes, work: Path, smoke: bool) -> dict:
     ray_environment()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     space = space_file(s, work)
-    overrides = {**dict(s.model), "init_from": pre["checkpoint"], "mle_steps": 0,
-                 "d_pretrain_steps": 0}  # fmt: skip
+    overrides = {**dict(s.model), "init_from": pre["checkpoint"], "d_pretrain_steps": 0}
     try:
         arms = {}
         for name in ("fixed", "pbt"):
             arms[name] = arm(name, space, data, work, overrides)
-            print(f"{name}: best NLL_oracle {arms[name]['best_nll_oracle']:.4f}, "
+            print(f"{name}: best frontier_distance {arms[name]['best_metric']:+.4f}, "
                   f"{arms[name]['wall_s']:.0f} s", flush=True)  # fmt: skip
     finally:
         ray.shutdown()
@@ -173,34 +186,38 @@ def run(s: Sizes, work: Path, smoke: bool) -> dict:
 def report_text(result: dict) -> str:
     s, pre = result["sizes"], result["pretrain"]
     rows = [
-        [name, f"{a['best_nll_oracle']:.4f}", a["best_step"], f"{a['best_final_nll_oracle']:.4f}",
-         a["exploits"], f"{a['wall_s']:.0f}", f"`{a['command']}`"]
+        [name, f"{a['best_metric']:+.4f}", f"{a['best_nll_oracle']:.4f} / {a['best_nll_test']:.4f}",
+         a["best_step"], f"{a['best_final_metric']:+.4f}", a["exploits"], f"{a['wall_s']:.0f}",
+         f"`{a['command']}`"]
         for name, a in result["arms"].items()
     ]  # fmt: skip
-    table = markdown_table(
-        [
-            "arm",
-            "best NLL_oracle",
-            "at step",
-            "best final NLL_oracle",
-            "exploits",
-            "wall s",
-            "command",
-        ],
-        rows,
-    )
+    header = ["arm", "best frontier_distance", "its NLL_oracle / NLL_test", "at step",
+              "best final frontier_distance", "exploits", "wall s", "command"]  # fmt: skip
     fixed, pbt = result["arms"]["fixed"], result["arms"]["pbt"]
-    delta = pbt["best_nll_oracle"] - fixed["best_nll_oracle"]
+    delta = pbt["best_metric"] - fixed["best_metric"]
+    delta_final = pbt["best_final_metric"] - fixed["best_final_metric"]
+    curve = pbt["frontier"]
+    sharpest = min(zip(curve["temperatures"], curve["points"], strict=True), key=lambda tp: tp[1][1])
+    wins = sharpest[1][1] < min(a["best_nll_oracle"] for a in result["arms"].values())
     return "\n".join([
-        f"{result['oracle']}; {s['trials']} trials x {s['adv_steps']} adversarial steps per arm "
-        f"(the space's fixed keys: gumbel, rsgan), a report every {s['report_every']} steps, PBT decisions every "
-        f"{s['perturbation_interval']}; NLL_oracle on {s['eval_samples']} samples. Both arms start "
-        f"from one MLE-pretrained G (NLL_oracle {pre['nll_oracle']:.4f} after {pre['mle_steps']} "
-        f"steps, {pre['wall_s']:.0f} s) and draw the same initial configurations.",
+        f"{result['oracle']}; {s['trials']} trials x {s['adv_steps']} adversarial steps per arm, "
+        f"each trial starting from one of the recipes {', '.join(RECIPES)} (searched, with g_lr, "
+        f"d_lr_ratio, d_steps and reward), a report every {s['report_every']} steps, PBT decisions "
+        f"every {s['perturbation_interval']}; {s['eval_samples']} evaluation samples. Both arms "
+        f"start from one MLE-pretrained G ({pre['mle_steps']} steps: NLL_oracle "
+        f"{pre['nll_oracle']:.4f}, NLL_test {pre['nll_test']:.4f}) with a pretrained D "
+        f"({s['d_pretrain_steps']} steps) and draw the same initial configurations. Objective: "
+        f"frontier_distance, NLL_oracle minus the starting G's temperature curve at the trial's "
+        f"NLL_test (lower is better; {len(curve['temperatures'])} temperatures "
+        f"{curve['temperatures'][0]:g}-{curve['temperatures'][-1]:g}). On it every temperature "
+        f"of the starting G scores 0; by NLL_oracle alone its lowest point, T={sharpest[0]:g} "
+        f"({sharpest[1][1]:.3f} at NLL_test {sharpest[1][0]:.3f}), "
+        f"{'would rank above' if wins else 'does not beat'} both arms' best checkpoints.",
         "",
-        table,
+        markdown_table(header, rows),
         "",
-        f"PBT minus fixed, best NLL_oracle: {delta:+.4f} (negative: PBT better).",
+        f"PBT minus fixed (negative: PBT better): best final frontier_distance "
+        f"{delta_final:+.4f}; best checkpoint's {delta:+.4f}.",
         "",
         "<details><summary>per-trial results (PBT arm)</summary>\n",
         pbt["results_md"],
