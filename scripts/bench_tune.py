@@ -1,7 +1,7 @@
 """PBT against the same trials with fixed configurations, at equal compute, on the SeqGAN oracle,
 ranked by the frontier objective (how far below MLE's temperature curve a trial has moved).
 
-    python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~40 minutes on 2 CPUs
+    python scripts/bench_tune.py --markdown BENCHMARKS.md     # not yet timed on this space
     python scripts/bench_tune.py --smoke-test                 # tiny sizes, checks the script
 
 1. prepare: 10,000 training and 2,000 held-out samples of SeqGAN's oracle
@@ -15,8 +15,8 @@ ranked by the frontier objective (how far below MLE's temperature curve a trial 
    two arms differ only in exploit/explore. Both spend T x A generator steps.
 Reported per arm: the best frontier_distance any trial reached (the checkpoint exported to
 best/), the best final one, the NLL_oracle / NLL_test behind them, exploits, wall time and the
-command; and the starting MLE's own temperatures on the objective (all 0: a temperature knob,
-which wins NLL_oracle alone, cannot win it).
+command; and the starting MLE's own temperatures on the objective (0 on its curve, above 0
+where dominated: a temperature knob, which wins NLL_oracle alone, cannot win it).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def report_text(result: dict) -> str:
         f"frontier_distance, NLL_oracle minus the starting G's temperature curve at the trial's "
         f"NLL_test (lower is better; {len(curve['temperatures'])} temperatures "
         f"{curve['temperatures'][0]:g}-{curve['temperatures'][-1]:g}). On it every temperature "
-        f"of the starting G scores 0; by NLL_oracle alone its lowest point, T={sharpest[0]:g} "
+        f"of the starting G scores 0 or more; by NLL_oracle alone its lowest point, T={sharpest[0]:g} "
         f"({sharpest[1][1]:.3f} at NLL_test {sharpest[1][0]:.3f}), "
         f"{'would rank above' if wins else 'does not beat'} both arms' best checkpoints.",
         "",

@@ -357,6 +357,11 @@ def test_frontier_objective_is_measured_against_the_starting_checkpoint(
         expected = frontier_distance([tuple(p) for p in frontier["points"]], point, extrapolate=True)
         assert row["frontier_distance"] == pytest.approx(expected)
     assert summary["metric"] == "frontier_distance"
+    # Another start cannot reuse this curve: the search request holds init_from.
+    other = _tiny_checkpoint(oracle_data, tmp_path / "other")
+    with pytest.raises(RayganError, match="holds a search with another space"):
+        run_tune(path, oracle_data, str(out), overrides={"init_from": other}, scheduler="none",
+                 log=lambda *_: None)  # fmt: skip
 
 
 def test_no_temperature_of_the_starting_mle_wins_the_frontier_objective(oracle_data, tmp_path):
