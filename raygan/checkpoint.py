@@ -3,7 +3,7 @@
 A checkpoint directory holds
     state.pt        G, D, the three optimizers, step, data position, reward baseline, early stopping
     config.json     the resolved Config
-    checkpoint.json step, phase, metrics, and where the data came from
+    checkpoint.json step, phase, metrics, where the data came from, and state.pt's sha256
     manifest.json   the data manifest (vocab, special ids, max_len) ...
     tokenizer.json  ... and tokenizer, or oracle.npz for oracle data, so that sampling, serving and
                     NLL_oracle need nothing but this directory.
@@ -12,6 +12,7 @@ A checkpoint directory holds
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -46,6 +47,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         torch.save(state, tmp / STATE_FILE)
+        meta = {**meta, "state_sha256": sha256_of(tmp / STATE_FILE)}
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
         if data_dir is not None:
@@ -82,12 +84,28 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
     raise RayganError(f"{path} holds no checkpoint ({STATE_FILE} not found, nor final/ or best/)")
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, dict[str, Any]]:
+    """(state, Config, meta); RayganError naming the directory if a file is missing, unreadable,
+    or state.pt does not match the sha256 its checkpoint.json recorded (a truncated copy)."""
     directory = resolve_checkpoint_dir(path)
     try:
+        meta = json.loads((directory / META_FILE).read_text())
+        expected = meta.get("state_sha256")  # absent in checkpoints written before it existed
+        if expected is not None and sha256_of(directory / STATE_FILE) != expected:
+            raise RayganError(
+                f"checkpoint {directory} is damaged: {STATE_FILE} does not match the sha256 "
+                f"recorded in {META_FILE}"
+            )
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
         config = Config.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-        meta = json.loads((directory / META_FILE).read_text())
     except (OSError, json.JSONDecodeError, RuntimeError) as exc:
         raise RayganError(f"checkpoint {directory} is unreadable: {exc}") from None
     meta["directory"] = str(directory)

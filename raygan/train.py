@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from typing import Any
 
 from raygan import storage
@@ -50,7 +51,7 @@ def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
         ray.train.report(dict(metrics), checkpoint=checkpoint)  # [2] report (+ checkpoint)
 
     checkpoint = ray.train.get_checkpoint()  # [1] resume from the newest checkpoint, if any
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
+    with _usable_checkpoint(checkpoint, warn=context.get_world_rank() == 0) as (restore_dir, bad):
         ctx = WorkerContext(
             rank=context.get_world_rank(),
             world_size=context.get_world_size(),
@@ -60,7 +61,52 @@ def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
             prepare_model=prepare_ddp,  # [3] DDP across workers
             node_id=ray.get_runtime_context().get_node_id(),
         )
-        return train_loop(run, ctx)
+        summary = train_loop(run, ctx)
+    if bad:  # the run summary keeps what the warning said
+        summary["damaged_checkpoints"] = bad
+    return summary
+
+
+@contextlib.contextmanager
+def _usable_checkpoint(checkpoint, *, warn: bool):
+    """(local directory, problems): the newest checkpoint that loads, Ray's newest or, where that
+    one is damaged (truncated, failing its sha256), the newest good one beside it, with a warning
+    naming the bad ones. (None, []) for a fresh run; RayganError when none of them loads. Every
+    rank reads the same files in the same order, so all ranks resume from the same one."""
+    if checkpoint is None:
+        yield None, []
+        return
+    bad = []
+    for candidate in _newest_first(checkpoint):
+        with candidate.as_directory() as directory:
+            try:
+                load_checkpoint(directory)
+            except RayganError as exc:
+                bad.append(str(exc))
+                continue
+            if bad and warn:
+                warnings.warn(
+                    f"resuming from {candidate.path} instead: {'; '.join(bad)}", stacklevel=1
+                )
+            yield directory, bad
+            return
+    raise RayganError(f"no checkpoint of this run loads ({'; '.join(bad)}); --fresh starts over")
+
+
+def _newest_first(checkpoint):
+    """Ray's newest checkpoint, then the other checkpoint_* directories beside it, newest first
+    (Ray names them by their time of writing)."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    yield checkpoint
+    fs, parent = checkpoint.filesystem, checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    infos = fs.get_file_info(pafs.FileSelector(parent))
+    siblings = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                       and i.base_name.startswith("checkpoint_")), reverse=True)  # fmt: skip
+    for path in siblings:
+        if path.rstrip("/") != checkpoint.path.rstrip("/"):
+            yield ray.train.Checkpoint(path, filesystem=fs)
 
 
 def resolve_config(data_dir: str, overrides: dict[str, Any]) -> Config:

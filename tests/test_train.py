@@ -111,6 +111,24 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, oracle_data, tmp_pat
     assert cli_main(["sample", "--checkpoint", str(run_dir), "-n", "3", "--seed", "1"]) == 0
 
 
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one(ray_cluster, oracle_data, tmp_path):
+    """A finished run whose newest checkpoint is truncated: the same command again resumes from
+    the newest good one, trains the steps since, and ends exactly where an uninterrupted run does."""
+    overrides = {**TINY_TRAIN, "estimator": "rollout"}
+    run_dir = tmp_path / "run"
+    fit(oracle_data, str(run_dir), overrides, log=lambda *_: None)
+    newest = sorted(p for p in (run_dir / "ray" / "raygan").glob("checkpoint_*") if p.is_dir())[-1]
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    summary = fit(oracle_data, str(run_dir), overrides, log=lambda *_: None)
+    total = TINY_TRAIN["mle_steps"] + TINY_TRAIN["d_pretrain_steps"] + TINY_TRAIN["adv_steps"]
+    assert summary["final_step"] == total
+    (damaged,) = summary["damaged_checkpoints"]
+    assert newest.name in damaged and "is damaged" in damaged
+    final, _, _ = load_checkpoint(run_dir / "final")
+    _assert_same_weights(final, _reference(oracle_data, overrides)[total], atol=1e-5)
+
+
 def test_too_many_workers_fail_within_seconds(ray_cluster, oracle_data, tmp_path, capsys):
     started = time.monotonic()
     code = cli_main(["train", "--data", oracle_data, "--out", str(tmp_path / "r"), "num_workers=3"])
