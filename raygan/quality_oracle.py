@@ -116,7 +116,8 @@ def _seed(plan: QualityPlan, data_dir: Path, seed: int, steps_per_epoch: int, sc
     sweep(last["path"])
     runs: dict[str, dict] = {
         "mle": {"step": best["step"], "checkpoint": best["path"], **curves[best["path"]]["at_one"],
-                "sweep": curves[best["path"]]["sweep"]}
+                "sweep": curves[best["path"]]["sweep"],
+                "time_curve": time_curve(mle, best["path"], {"history": []})}
     }
     for recipe in plan.recipes:
         settings, start = recipe_start(plan, data_dir, recipe, seed, mle)
@@ -198,11 +199,11 @@ def _summary(seeds: dict[str, dict], method: str, goal: float | None) -> dict[st
             "wall_s")  # fmt: skip
     out: dict[str, Any] = {k: mean_std([r.get(k) for r in runs]) for k in keys}
     out["n"] = len(runs)
+    curves = [r.get("time_curve") or [] for r in runs]
+    out["train_s_from_scratch"] = mean_std([c[-1]["train_s"] if c else None for c in curves])
+    if goal is not None:
+        out["seconds_to_goal"] = [first_reach(c, goal) for c in curves]
     if method != "mle":
-        curves = [r["time_curve"] for r in runs]
-        out["train_s_from_scratch"] = mean_std([c[-1]["train_s"] if c else None for c in curves])
-        if goal is not None:
-            out["seconds_to_goal"] = [first_reach(c, goal) for c in curves]
         for key in ("after_pretraining", "adversarial_mean", "adversarial_last"):
             out[f"d_{key}"] = mean_std([r["d_accuracy"].get(key) for r in runs])
         out["d_key"] = runs[0]["d_accuracy"]["key"] if runs else None

@@ -20,6 +20,8 @@ from raygan.quality import (
 def _pm(stat: dict[str, float] | None, digits: int = 3) -> str:
     if not stat or not stat.get("n"):
         return "—"
+    if stat["n"] == 1:  # one seed has no spread to state
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
@@ -123,8 +125,8 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
 
 def _goal_seconds(summary: dict) -> str:
     values = summary.get("seconds_to_goal")
-    if values is None:
-        return ""
+    if values is None:  # SeqGAN's figure is on its own oracle only
+        return "—"
     return ", ".join("—" if v is None else f"{v:.0f}" for v in values)
 
 
