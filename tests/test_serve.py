@@ -322,20 +322,38 @@ def test_new_checkpoint_replaces_the_model_without_failing_requests(server, chec
     assert _get(server, "/healthz")["model"]["checkpoint"] == str(Path(checkpoints[1]).resolve())
 
 
-def _listener_command(port: int) -> str | None:
-    """The command name of the process listening on 127.0.0.1:port (Linux /proc)."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 127.0.0.1, LISTEN
-            inodes.add(f"socket:[{fields[9]}]")
+def _listeners() -> list[tuple[str, str, int]]:
+    """(command name, address, port) of every listening TCP socket on this machine (Linux /proc)."""
+    by_inode: dict[str, tuple[str, int]] = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                address, port = fields[1].split(":")
+                by_inode[f"socket:[{fields[9]}]"] = (_ip(address), int(port, 16))
+    found = []
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
-            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
-                return (fd_dir.parent / "comm").read_text().strip()
+            names = {os.readlink(fd) for fd in fd_dir.iterdir()} & by_inode.keys()
+            comm = (fd_dir.parent / "comm").read_text().strip()
         except OSError:  # a process that ended, or one we may not inspect
             continue
-    return None
+        found += [(comm, *by_inode[name]) for name in names]
+    return found
+
+
+def _ip(hex_address: str) -> str:
+    """/proc/net's address (little-endian 32-bit words) as text: 0100007F -> 127.0.0.1."""
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def _listener_command(port: int) -> str | None:
+    """The command name of the process listening on 127.0.0.1:port."""
+    return next((c for c, a, p in _listeners() if (a, p) == ("127.0.0.1", port)), None)
 
 
 @pytest.mark.skipif(
@@ -346,6 +364,21 @@ def test_http_goes_through_haproxy_when_installed(server):
     assert _listener_command(port) == "haproxy"
     status, body = _post(server, {"n": 1, "max_tokens": 3, "seed": 7})
     assert status == 200 and len(body["tokens"][0]) == 3
+
+
+@pytest.mark.skipif(
+    not (Path("/proc/net/tcp").exists() and haproxy_available()), reason="needs Linux and HAProxy"
+)
+def test_haproxy_listens_on_loopback_only(server):
+    """HAProxy's stats page and Prometheus exporter, which Ray's template binds to every
+    interface, listen on 127.0.0.1 like the API (raygan.ray_env.STATS_HOST_VAR)."""
+    port = int(server.rsplit(":", 1)[1])
+    haproxy = {(a, p) for c, a, p in _listeners() if c == "haproxy"}
+    assert ("127.0.0.1", port) in haproxy
+    stats = {int(os.environ[v]) for v in ("RAY_SERVE_HAPROXY_STATS_PORT",
+                                          "RAY_SERVE_HAPROXY_METRICS_PORT")}  # fmt: skip
+    assert stats <= {p for _, p in haproxy}  # they are up, and they are HAProxy's
+    assert {a for a, _ in haproxy} == {"127.0.0.1"}, sorted(haproxy)
 
 
 def test_shutdown_leaves_no_serve_actors(server):
