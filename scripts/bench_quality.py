@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import shlex
 import sys
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = "python " + shlex.join(["scripts/bench_quality.py", *sys.argv[1:]])
     result["machine"] = _machine(trainer_settings(plan.train_overrides).use_gpu)
     result["finished"] = time.strftime("%Y-%m-%d")
-    result["plot"] = Path(args.png).name
+    # the image link of the BENCHMARKS.md section, which sits at the repository's root
+    result["plot"] = os.path.relpath(Path(args.png).resolve(), ROOT)
     plot(result, args.png)
     atomic_write_text(args.json, json.dumps(result, indent=2))
     print(f"wrote {args.json} and {args.png}")
