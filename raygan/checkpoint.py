@@ -96,6 +96,25 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, dict[str,
     """(state, Config, meta); RayganError naming the directory if a file is missing, unreadable,
     or state.pt does not match the sha256 its checkpoint.json recorded (a truncated copy)."""
     directory = resolve_checkpoint_dir(path)
+    meta, config = _read_checked(directory)
+    try:
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise RayganError(f"checkpoint {directory} is unreadable: {exc}") from None
+    meta["directory"] = str(directory)
+    return state, config, meta
+
+
+def check_checkpoint(directory: str | Path) -> None:
+    """RayganError where `load_checkpoint` would fail, without loading the state when its
+    sha256 is recorded (hashing it suffices; older checkpoints are loaded to find out)."""
+    meta, _ = _read_checked(Path(directory))
+    if "state_sha256" not in meta:
+        load_checkpoint(directory)
+
+
+def _read_checked(directory: Path) -> tuple[dict[str, Any], Config]:
+    """checkpoint.json and config.json, with state.pt checked against the recorded sha256."""
     try:
         meta = json.loads((directory / META_FILE).read_text())
         expected = meta.get("state_sha256")  # absent in checkpoints written before it existed
@@ -104,12 +123,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, dict[str,
                 f"checkpoint {directory} is damaged: {STATE_FILE} does not match the sha256 "
                 f"recorded in {META_FILE}"
             )
-        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
         config = Config.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
+    except (OSError, json.JSONDecodeError) as exc:
         raise RayganError(f"checkpoint {directory} is unreadable: {exc}") from None
-    meta["directory"] = str(directory)
-    return state, config, meta
+    return meta, config
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu"):

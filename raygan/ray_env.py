@@ -97,7 +97,7 @@ def bind_stats_listeners(host: str) -> str | None:
     binary = haproxy_binary()
     if binary is None or host in ("*", "0.0.0.0", "::"):
         return None
-    if Path(binary).is_file() and _WRAPPER_MARK in Path(binary).read_text(errors="replace"):
+    if _is_wrapper(binary):
         return binary  # already wrapped (this process set it up before)
     if not re.fullmatch(r"[0-9A-Za-z.:\[\]-]+", host):
         raise RayganError(f"{STATS_HOST_VAR}={host!r}: expected an IP address or a host name")
@@ -108,6 +108,17 @@ def bind_stats_listeners(host: str) -> str | None:
     wrapper.chmod(0o755)
     os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
     return str(wrapper)
+
+
+def _is_wrapper(binary: str) -> bool:
+    """Whether `binary` is a wrapper written here: its second line (not a read of a real
+    multi-megabyte HAProxy)."""
+    try:
+        with open(binary, "rb") as f:
+            head = f.read(200)
+    except OSError:
+        return False
+    return _WRAPPER_MARK.encode() in head
 
 
 def serve_proxy() -> str:

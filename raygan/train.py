@@ -17,7 +17,7 @@ import warnings
 from typing import Any
 
 from raygan import storage
-from raygan.checkpoint import atomic_write_text, copy_checkpoint, load_checkpoint
+from raygan.checkpoint import atomic_write_text, check_checkpoint, copy_checkpoint, load_checkpoint
 from raygan.config import Config
 from raygan.errors import RayganError
 
@@ -80,7 +80,7 @@ def _usable_checkpoint(checkpoint, *, warn: bool):
     for candidate in _newest_first(checkpoint):
         with candidate.as_directory() as directory:
             try:
-                load_checkpoint(directory)
+                check_checkpoint(directory)  # the loop loads the one chosen
             except RayganError as exc:
                 bad.append(str(exc))
                 continue
