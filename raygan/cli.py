@@ -222,8 +222,16 @@ def _add_serve(sub) -> None:
         "--proxy",
         choices=("haproxy", "python"),
         help="HTTP ingress of a Ray started here: haproxy (default where installed; 4x the "
-        "requests/s on 2 CPUs, and HAProxy's stats and metrics ports listen on every interface) "
-        "or python (Serve's classic proxy). A joined cluster keeps what its nodes started with.",
+        "requests/s on 2 CPUs, retries a request whose replica died; its stats and metrics "
+        "ports listen on 127.0.0.1 unless RAYGAN_SERVE_STATS_HOST says otherwise) or python "
+        "(Serve's classic proxy). A joined cluster keeps what its nodes started with.",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=32,
+        help="requests a replica queues past the ones it is sampling; more get an immediate "
+        "503 with Retry-After (-1: no limit)",
     )
     p.set_defaults(run=_run_serve)
 
@@ -242,11 +250,14 @@ def _run_serve(args) -> int:
         raise RayganError(
             f"--num-cpus must be >= 0 and --max-batch-size >= 1; got {args.num_cpus}, {args.max_batch_size}"
         )
+    if args.max_queued < -1:
+        raise RayganError(f"--max-queued must be >= -1, got {args.max_queued}")
     if args.proxy:
         os.environ[PROXY_VAR] = args.proxy
     url = start_server(
         args.checkpoint, host=args.host, port=args.port, replicas=args.replicas,
         num_cpus=args.num_cpus, max_batch_size=args.max_batch_size,
+        max_queued_requests=args.max_queued,
     )  # fmt: skip
     print(
         f"serving {args.checkpoint} at {url}: POST /generate, GET /healthz, GET /metadata",

@@ -25,7 +25,9 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -84,6 +86,10 @@ READ_BLOCK_BYTES = 1 << 20  # text is read, decoded and encoded ~1 MiB at a time
 HASH_BLOCK_BYTES = 1 << 20  # sha256 streams files in blocks of this size
 ORACLE_CHUNK = 2000  # oracle sequences drawn per derived seed
 _SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+DEFAULT_TEST_FRACTION = 0.05  # held out when no test file is given: NLL_test needs a test split
+LENGTH_COVERAGE = 0.99  # without max_len: the length that keeps this share of training lines ...
+LENGTH_SAMPLE_LINES = 100_000  # ... measured on the first this many (a bounded third pass)
+DROPPED_WARNING_SHARE = 0.01  # more lines lost than this (too long, invalid UTF-8): a warning
 
 
 # -- summary -------------------------------------------------------------------------------------
@@ -108,6 +114,21 @@ class PrepareSummary:
     max_len: int
     splits: dict[str, SplitCounts] = field(default_factory=dict)
     seconds: float = 0.0
+    max_len_note: str = ""  # how max_len was chosen when it was not given
+
+    def lost_warning(self) -> str | None:
+        """A warning line when more than DROPPED_WARNING_SHARE of the lines read were lost to
+        the length limit or to invalid UTF-8 (empty lines are not counted as lost)."""
+        read = sum(c.lines_read for c in self.splits.values())
+        long = sum(c.dropped_too_long for c in self.splits.values())
+        bad = sum(c.dropped_invalid_utf8 for c in self.splits.values())
+        if not read or (long + bad) / read <= DROPPED_WARNING_SHARE:
+            return None
+        parts = [f"{long:,} longer than max_len {self.max_len} allows"] if long else []
+        parts += [f"{bad:,} not valid UTF-8"] if bad else []
+        hint = "; a larger --max-len keeps them" if long else ""
+        return (f"warning: dropped {long + bad:,} of {read:,} lines "
+                f"({(long + bad) / read:.1%}): {', '.join(parts)}{hint}")  # fmt: skip
 
     def to_dict(self) -> dict:
         """The manifest's copy: counts only (no timing, so equal inputs give equal manifests)."""
@@ -389,10 +410,10 @@ def prepare_text(
     out: str,
     *,
     tokenizer: str = "word",
-    max_len: int = 32,
+    max_len: int | None = None,
     shard_rows: int = 100_000,
     test_inputs: list[str] | None = None,
-    test_fraction: float = 0.0,
+    test_fraction: float | None = None,
     vocab_size: int | None = None,
     min_frequency: int = 1,
     seed: int = 0,
@@ -403,11 +424,16 @@ def prepare_text(
 
     Two streaming passes (memory stays flat): train the tokenizer on the train split, then encode
     ~1 MiB blocks and append them to shards. Lines are stripped; empty lines, invalid UTF-8 and
-    lines over `max_len - 1` tokens (`max_len` counts the EOS) are dropped and counted. The test
-    split is `test_inputs`, or else a `test_fraction` of the lines drawn by a hash of (seed, line
-    number). The tokenizer sees only train lines: test words unseen in train become UNK.
+    lines over `max_len - 1` tokens (`max_len` counts the EOS) are dropped and counted. Without
+    `max_len`, a third, bounded pass picks the length that keeps LENGTH_COVERAGE of the first
+    LENGTH_SAMPLE_LINES training lines (the summary's max_len_note says so). The test split is
+    `test_inputs`, or else a `test_fraction` of the lines (DEFAULT_TEST_FRACTION when neither is
+    given; 0 for none) drawn by a hash of (seed, line number). The tokenizer sees only train
+    lines: test words unseen in train become UNK.
     """
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    if test_fraction is None:
+        test_fraction = 0.0 if test_inputs else DEFAULT_TEST_FRACTION
     _check_text_options(inputs, tokenizer, max_len, shard_rows, test_inputs, test_fraction)
     _check_vocab(vocab_size, min_frequency)
     sources = _sources(inputs, test_inputs)
@@ -418,7 +444,10 @@ def prepare_text(
         tok = _train(
             train_sources, tokenizer, vocab_size, min_frequency, test_fraction, seed, progress
         )
-        summary = PrepareSummary(out, "text", tok.get_vocab_size(), max_len)
+        note = ""
+        if max_len is None:
+            max_len, note = _covering_length(tok, train_sources, test_fraction, seed)
+        summary = PrepareSummary(out, "text", tok.get_vocab_size(), max_len, max_len_note=note)
         summary.splits = {name: SplitCounts() for name in SPLITS}
         writers = {name: _ShardWriter(output, name, shard_rows) for name in SPLITS}
         with _progress(total, "encode", progress) as bar:
@@ -435,6 +464,7 @@ def prepare_text(
         _write_bytes(output.fs, output.file(TOKENIZER_FILE), tok.to_str().encode())
         source = {"inputs": inputs, "test_inputs": test_inputs, "test_fraction": test_fraction}
         source.update(seed=seed, min_frequency=min_frequency, requested_vocab_size=vocab_size)
+        source.update(max_len_note=note or None)
         manifest = _manifest(summary, splits, tokenizer=tokenizer, source=source)
         _write_bytes(output.fs, output.file(MANIFEST), json.dumps(manifest, indent=2).encode())
     summary.seconds = time.perf_counter() - started
@@ -451,6 +481,30 @@ def _train(sources, kind, vocab_size, min_frequency, fraction, seed, progress):
         )
 
 
+def _covering_length(tok, sources, fraction: float, seed: int) -> tuple[int, str]:
+    """max_len (EOS included) keeping LENGTH_COVERAGE of the first LENGTH_SAMPLE_LINES training
+    lines, and a line saying so."""
+    lengths: list[int] = []
+    counts = {name: SplitCounts() for name in SPLITS}
+    with _progress(0, "lengths", False) as bar:
+        for texts in _text_blocks(sources, counts, bar, fraction=fraction, seed=seed):
+            lines = texts.get("train", [])[: LENGTH_SAMPLE_LINES - len(lengths)]
+            lengths += [len(e.ids) for e in tok.encode_batch(lines, add_special_tokens=False)]
+            if len(lengths) >= LENGTH_SAMPLE_LINES:
+                break
+    lengths = [n for n in lengths if n]  # lines of only removed characters are dropped anyway
+    if not lengths:
+        return 2, "no training line has a token"
+    ordered = sorted(lengths)
+    longest = ordered[max(0, math.ceil(LENGTH_COVERAGE * len(ordered)) - 1)]
+    max_len = max(2, longest + 1)
+    kept = sum(n < max_len for n in ordered) / len(ordered)
+    return max_len, (
+        f"max_len {max_len} (not given): keeps {kept:.1%} of the first {len(ordered):,} "
+        f"training lines, the longest of which has {ordered[-1] + 1} tokens with EOS"
+    )
+
+
 def _check_text_options(inputs, tokenizer, max_len, shard_rows, test_inputs, test_fraction) -> None:
     if not inputs:
         raise RayganError("inputs is empty: give at least one text file (--input FILE)")
@@ -458,7 +512,7 @@ def _check_text_options(inputs, tokenizer, max_len, shard_rows, test_inputs, tes
         raise RayganError(
             f"tokenizer must be one of {', '.join(TOKENIZER_KINDS)}; got {tokenizer!r}"
         )
-    if max_len < 2:
+    if max_len is not None and max_len < 2:
         raise RayganError(f"max_len must be >= 2 (one token and EOS), got {max_len}")
     if shard_rows < 1:
         raise RayganError(f"shard_rows must be >= 1, got {shard_rows}")
@@ -927,7 +981,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     text.add_argument("--tokenizer", choices=TOKENIZER_KINDS, help=_TOKENIZER_HELP)
     text.add_argument("--test-input", nargs="+", metavar="FILE", help="held-out test files")
     text.add_argument(
-        "--test-fraction", type=float, metavar="F", help="else hold out this fraction of lines (0)"
+        "--test-fraction", type=float, metavar="F",
+        help=f"else hold out this fraction of lines ({DEFAULT_TEST_FRACTION}; 0: no test split)",
     )
     text.add_argument(
         "--min-frequency", type=int, metavar="N", help="drop words seen fewer times (1)"
@@ -939,7 +994,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     common = parser.add_argument_group("both")
     common.add_argument("--vocab-size", type=int, metavar="N", help=_VOCAB_HELP)
     common.add_argument(
-        "--max-len", type=int, metavar="N", help="tokens per sequence, EOS included (32; oracle 20)"
+        "--max-len", type=int, metavar="N",
+        help=f"tokens per sequence, EOS included (text: the length that keeps "
+        f"{LENGTH_COVERAGE:.0%} of the training lines; oracle 20)",
     )
     common.add_argument(
         "--shard-rows", type=int, metavar="N", help="rows per Parquet shard (100000)"
@@ -977,6 +1034,10 @@ def run_prepare(args: argparse.Namespace) -> int:
         options = {k: given[k] for k in _ORACLE_ONLY if k in given}
         summary = prepare_oracle(args.out, oracle=args.oracle, **options, **common)
     print(summary.table())
+    if summary.kind == "text" and summary.max_len_note:
+        print(summary.max_len_note)
+    if summary.kind == "text" and (warning := summary.lost_warning()):
+        print(warning, file=sys.stderr)
     print(f"vocab {summary.vocab_size}, max_len {summary.max_len}, {summary.seconds:.1f} s")
     print(f"wrote {args.out}")
     return 0

@@ -40,14 +40,23 @@ _HAPROXY_FILES = {
 STATS_HOST_VAR = "RAYGAN_SERVE_STATS_HOST"
 """Where HAProxy's stats page and Prometheus exporter listen: 127.0.0.1 unless set (Ray's own
 template binds them to every interface; `*` keeps that, e.g. for a Prometheus elsewhere)."""
-_WRAPPER_MARK = "# raygan.ray_env: HAProxy with its stats listeners rebound"
+SEED_HEADER = "x-raygan-seed"
+"""Set by HAProxy on every request that lacks it: a seed drawn before the request is routed, so
+that a request retried on another replica (RETRY_ON) samples what its first try would have."""
+RETRY_ON = "conn-failure empty-response junk-response"
+"""What HAProxy retries on another replica (`option redispatch`): Ray's default retries only a
+refused connection; every raygan route is idempotent (a seeded /generate is deterministic), so
+a replica that died with the request in hand (no response, or a cut one) is retried too."""
+_WRAPPER_MARK = "# raygan.ray_env: HAProxy with a seed header and its stats listeners rebound"
 # Ray's HAProxy template writes `bind *:STATS_PORT` and `bind :METRICS_PORT`, with no setting for
-# the address. Serve starts HAProxy as `BINARY -db -f CONFIG [-sf PIDS ...]` (also on reloads),
-# so a wrapper named by RAY_SERVE_HAPROXY_BINARY_PATH rebinds those two lines in CONFIG and
-# execs the real binary under the same pid and arguments. A bind with an address (the HTTP
-# frontend's `bind HOST:PORT`) does not match.
+# the address, and has no hook for a request rule. Serve starts HAProxy as `BINARY -db -f CONFIG
+# [-sf PIDS ...]` (also on reloads), so a wrapper named by RAY_SERVE_HAPROXY_BINARY_PATH edits
+# CONFIG and execs the real binary under the same pid and arguments: the HTTP frontend gets
+# SEED_HEADER (HAProxy's rand(), the range of sampling.draw_seed), and unless the stats host is
+# `*` those two binds get it. A bind with an address (the frontend's `bind HOST:PORT`) does not
+# match.
 _WRAPPER = """#!/bin/sh
-{mark} to {host}
+{mark}; stats on {host}
 config=
 previous=
 for arg in "$@"; do
@@ -55,9 +64,11 @@ for arg in "$@"; do
     previous=$arg
 done
 if [ -n "$config" ] && [ -f "$config" ]; then
-    sed -i 's/^\\([[:space:]]*bind[[:space:]][[:space:]]*\\)[*]\\{{0,1\\}}:/\\1{host}:/' "$config"
+{rebind}    grep -q '{header}' "$config" || sed -i '/^frontend http_frontend/a\\    http-request set-header {header} %[rand(2147483648)] unless {{ req.hdr({header}) -m found }}' "$config"
 fi
 exec {binary} "$@"
+"""
+_REBIND = """    sed -i 's/^\\([[:space:]]*bind[[:space:]][[:space:]]*\\)[*]\\{{0,1\\}}:/\\1{host}:/' "$config"
 """
 
 
@@ -90,21 +101,27 @@ def haproxy_binary() -> str | None:
     return shutil.which("haproxy")
 
 
-def bind_stats_listeners(host: str) -> str | None:
-    """Make the HAProxy Serve starts listen for stats and metrics on `host` only (a wrapper
-    script, see _WRAPPER); returns the wrapper's path, or None where nothing is rebound (`*`,
-    or no HAProxy found)."""
+def wrap_haproxy(stats_host: str) -> str | None:
+    """Make the HAProxy Serve starts set SEED_HEADER and listen for stats and metrics on
+    `stats_host` only (`*`: every interface, as Ray's template has it); a wrapper script, see
+    _WRAPPER. Returns the wrapper's path, or None where no HAProxy is found."""
+    if not re.fullmatch(r"[*]|[0-9A-Za-z.:\[\]-]+", stats_host):
+        raise RayganError(
+            f"{STATS_HOST_VAR}={stats_host!r}: expected an IP address, a host name or *"
+        )
     binary = haproxy_binary()
-    if binary is None or host in ("*", "0.0.0.0", "::"):
+    if binary is None:
         return None
     if _is_wrapper(binary):
         return binary  # already wrapped (this process set it up before)
-    if not re.fullmatch(r"[0-9A-Za-z.:\[\]-]+", host):
-        raise RayganError(f"{STATS_HOST_VAR}={host!r}: expected an IP address or a host name")
+    every = stats_host in ("*", "0.0.0.0", "::")
     home = tempfile.mkdtemp(prefix="raygan-haproxy-bin-")
     atexit.register(shutil.rmtree, home, ignore_errors=True)  # HAProxy has exec'd by then
     wrapper = Path(home, "haproxy")
-    wrapper.write_text(_WRAPPER.format(mark=_WRAPPER_MARK, host=host, binary=shlex.quote(binary)))
+    wrapper.write_text(_WRAPPER.format(
+        mark=_WRAPPER_MARK, host=stats_host, binary=shlex.quote(binary), header=SEED_HEADER,
+        rebind="" if every else _REBIND.format(host=stats_host),
+    ))  # fmt: skip
     wrapper.chmod(0o755)
     os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
     return str(wrapper)
@@ -153,7 +170,8 @@ def serve_proxy_environment() -> str:
     # by default); the HAProxy on this machine is reconfigured by Serve within ~0.1 s and retries
     # refused connections, so 2 s is ample, and Serve's shutdown and redeploys stop waiting 30 s.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-    bind_stats_listeners(os.environ.get(STATS_HOST_VAR, "127.0.0.1"))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", RETRY_ON)
+    wrap_haproxy(os.environ.get(STATS_HOST_VAR, "127.0.0.1"))
     missing = [var for var in _HAPROXY_PORTS if var not in os.environ]
     for var, port in zip(missing, free_ports(len(missing), *AUX_PORT_RANGE), strict=True):
         os.environ[var] = str(port)

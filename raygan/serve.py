@@ -10,6 +10,16 @@ POST /generate {n, max_tokens, temperature, top_k, top_p, prefix, seed}
         model: {checkpoint, step, metric}}
 GET /healthz, GET /metadata (config, vocab size, limits, the checkpoint's metrics).
 
+What a dying replica or an overload costs (BENCHMARKS.md, serving):
+- Behind HAProxy (the default ingress, raygan.ray_env) a request that lacks a seed gets one
+  in the x-raygan-seed header before it is routed, and a request whose replica died before
+  answering is sent again to another replica (ray_env.RETRY_ON): the retry returns what the
+  first try would have, and the client sees no error. Serve's Python proxy does not retry a
+  request whose replica died mid-flight: there the client gets a 500 and may resend.
+- A replica holds max_ongoing_requests and queues `max_queued_requests` more; past that a
+  request is answered at once with 503 and `Retry-After` instead of waiting out a timeout.
+- A body over MAX_BODY_BYTES is refused with 413 before it is parsed.
+
 The only module that calls ray.serve; the sampling itself is raygan.sampling, shared with
 `raygan sample`. Concurrent requests are collected by `@serve.batch` and sampled together, each
 from its own seeded random stream, so a request's tokens do not depend on its batch. The
@@ -27,12 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Header, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from raygan.errors import RayganError
+from raygan.ray_env import SEED_HEADER
 from raygan.sampling import (
     MAX_TEMPERATURE,
     SEED_LIMIT,
@@ -51,6 +64,9 @@ MAX_PREFIX_CHARS = 4096
 MAX_BATCH_SIZE = 32  # requests per batched pass; 32 concurrent clients fill one
 BATCH_WAIT_S = 0.005  # how long a batch waits to fill: small next to a pass (17-50 ms here)
 MAX_ONGOING_FLOOR = 64  # per replica: a full batch computing plus the next one queueing
+MAX_QUEUED = MAX_BATCH_SIZE  # per replica (per proxy on the Python path), past the ongoing ones
+RETRY_AFTER_S = 1  # what a 503 for a full queue tells the client: a few batches' time
+MAX_BODY_BYTES = 64 * 1024  # the largest valid body (a 4,096-character prefix, \u-escaped) fits
 AUTOSCALING = {  # replicas=None: scale on queued requests
     "min_replicas": 1,
     "max_replicas": 2,  # the project's 2-CPU machine; raise on a cluster
@@ -111,11 +127,16 @@ def _finite(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
     return value
 
 
-def to_sample_request(model: ServedModel, body: GenerateRequest) -> tuple[SampleRequest, list[str]]:
-    """Validate the fields that depend on the model and build the sampling request."""
+def to_sample_request(
+    model: ServedModel, body: GenerateRequest, routed_seed: int | None = None
+) -> tuple[SampleRequest, list[str]]:
+    """Validate the fields that depend on the model and build the sampling request. Without
+    a seed in the body the request uses `routed_seed` (drawn by the ingress) or a fresh one."""
     max_tokens = model.max_len if body.max_tokens is None else body.max_tokens
     if max_tokens > model.max_len:
         raise _invalid(
@@ -126,7 +147,9 @@ def to_sample_request(model: ServedModel, body: GenerateRequest) -> tuple[Sample
     except RayganError as exc:
         raise _invalid("prefix", str(exc), body.prefix) from None
     request = SampleRequest(
-        num=body.n, max_tokens=max_tokens, seed=draw_seed() if body.seed is None else body.seed,
+        num=body.n, max_tokens=max_tokens,
+        seed=body.seed if body.seed is not None else
+        routed_seed if routed_seed is not None else draw_seed(),
         temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, prefix_ids=tuple(ids),
     )  # fmt: skip
     return request, unknown
@@ -147,12 +170,26 @@ def _sample_by_model(
 
 
 # -- the deployment ---------------------------------------------------------------------------------
-api = FastAPI(title="raygan", description="Samples from an adversarially trained LSTM generator.")
+# max_body_size: a longer body is a 413 before it is parsed, by its Content-Length or as it streams
+api = FastAPI(
+    title="raygan",
+    description="Samples from an adversarially trained LSTM generator.",
+    max_body_size=MAX_BODY_BYTES,
+)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, except that an input JSON cannot carry (Python's json reads `Infinity`
+    and `NaN`) is reported as null instead of failing the response with a 500."""
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
 
 
 # [1] a Serve deployment whose HTTP ingress is the FastAPI app above
 @serve.deployment(
     max_ongoing_requests=MAX_ONGOING_FLOOR,
+    max_queued_requests=MAX_QUEUED,
+    backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S},
     ray_actor_options={"num_cpus": 1},
     max_surge_percent=1,  # a swap starts one new replica before it stops an old one
     graceful_shutdown_wait_loop_s=0.5,  # a stopping replica checks this often for drained requests
@@ -201,14 +238,24 @@ class GeneratorServer:
             "metrics": model.meta.get("metrics", {}),
             "phase": model.meta.get("phase"),
             "limits": {"n": MAX_N, "max_tokens": model.max_len, "temperature": MAX_TEMPERATURE,
-                       "prefix_chars": MAX_PREFIX_CHARS},
+                       "prefix_chars": MAX_PREFIX_CHARS, "body_bytes": MAX_BODY_BYTES},
             "batching": self.batching,
         })  # fmt: skip
 
     @api.post("/generate")
-    async def generate(self, body: GenerateRequest) -> GenerateResponse:
+    async def generate(
+        self,
+        body: GenerateRequest,
+        routed_seed: int | None = Header(
+            None,
+            alias=SEED_HEADER,
+            ge=0,
+            lt=SEED_LIMIT,
+            description="the seed of a request without one, drawn by HAProxy before routing",
+        ),
+    ) -> GenerateResponse:
         model = self.model
-        request, unknown = to_sample_request(model, body)
+        request, unknown = to_sample_request(model, body, routed_seed)
         result, batch_requests = await self._generate_batch(model, request)
         return GenerateResponse(
             samples=result.texts, tokens=result.tokens, lengths=result.lengths,
@@ -238,8 +285,10 @@ def build_app(
     max_batch_size: int = MAX_BATCH_SIZE,
     batch_wait_timeout_s: float = BATCH_WAIT_S,
     torch_threads: int = 1,
+    max_queued_requests: int = MAX_QUEUED,
 ):
-    """The Serve application for `checkpoint`: `replicas` fixed replicas, or autoscaling (None)."""
+    """The Serve application for `checkpoint`: `replicas` fixed replicas, or autoscaling (None);
+    past `max_queued_requests` waiting requests (-1: no limit) a request gets a 503."""
     options: dict[str, Any] = {
         "user_config": {
             "checkpoint": str(checkpoint),
@@ -247,6 +296,7 @@ def build_app(
             "batch_wait_timeout_s": batch_wait_timeout_s,
         },
         "max_ongoing_requests": max(MAX_ONGOING_FLOOR, 2 * max_batch_size),
+        "max_queued_requests": max_queued_requests,
         "ray_actor_options": {"num_cpus": num_cpus},
     }
     if replicas is None:
@@ -268,6 +318,7 @@ class ServeArgs(BaseModel):
     max_batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(BATCH_WAIT_S, ge=0)
     torch_threads: int = Field(1, ge=1)
+    max_queued_requests: int = Field(MAX_QUEUED, ge=-1)
 
 
 def app_builder(args: dict[str, Any]):
@@ -287,6 +338,7 @@ def start_server(
     num_cpus: float = 1.0,
     max_batch_size: int = MAX_BATCH_SIZE,
     batch_wait_timeout_s: float = BATCH_WAIT_S,
+    max_queued_requests: int = MAX_QUEUED,
     access_log: bool = False,
 ) -> str:
     """Serve `checkpoint` over HTTP on host:port and return the URL once it answers.
@@ -310,7 +362,7 @@ def start_server(
     )
     app = build_app(
         model.directory, replicas=replicas, num_cpus=num_cpus, max_batch_size=max_batch_size,
-        batch_wait_timeout_s=batch_wait_timeout_s,
+        batch_wait_timeout_s=batch_wait_timeout_s, max_queued_requests=max_queued_requests,
     )  # fmt: skip
     serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
     return f"http://{host}:{port}"

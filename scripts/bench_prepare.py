@@ -84,7 +84,7 @@ def child_prepare(corpus: str, out: str) -> dict:
     sampler = RssSampler()
     sampler.start()
     started = time.perf_counter()
-    summary = prepare_text([corpus], out, tokenizer="word", max_len=32, progress=False)
+    summary = prepare_text([corpus], out, tokenizer="word", max_len=32, test_fraction=0.0, progress=False)
     seconds = time.perf_counter() - started
     result = sampler.stop()
     counts = summary.splits["train"]

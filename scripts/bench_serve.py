@@ -15,7 +15,10 @@ connection per concurrent client), all on 127.0.0.1. Sections, all in one run:
      fresh Ray with the HAProxy ingress raygan starts by default (every concurrency);
   2. on that Ray, a sustained load on a 2-replica application: `--sustained` requests at concurrency 32;
   3. the same application under load while one replica actor is killed (`ray.kill`): failed
-     requests counted, time until Serve reports the replica replaced.
+     requests counted, time until Serve reports the replica replaced;
+  4. overload: one replica loaded by 4x the requests it can hold (max_ongoing_requests +
+     max_queued_requests): the share answered 503 (with Retry-After), how fast, and the latency
+     of the rest.
 Load from other processes on this shared 2-CPU machine slows every number: the load average
 is recorded at the start and end of each section, and the on/off ratio is taken within a run.
 """
@@ -64,6 +67,8 @@ class Sizes:
     kill_requests: int = 4000
     kill_seconds: float = 90.0
     kill_after_s: float = 3.0  # into the kill load
+    overload_requests: int = 6000
+    overload_seconds: float = 60.0
     max_batch_size: int = 32
 
 
@@ -71,8 +76,9 @@ FULL = Sizes()
 SMOKE = Sizes(
     vocab=50, max_len=8, g_dim=8, concurrency=(1, 4), cell_requests=40, cell_seconds=5.0,
     warmup_requests=8, sustained_requests=200, sustained_seconds=30.0, kill_requests=300,
-    kill_seconds=30.0, kill_after_s=1.0,
+    kill_seconds=30.0, kill_after_s=1.0, overload_requests=800, overload_seconds=20.0,
 )  # fmt: skip
+OVERLOADED = "overloaded"
 
 
 # -- a checkpoint at serving sizes ----------------------------------------------------------------
@@ -104,7 +110,7 @@ async def load(
     passed; returns throughput, latency percentiles, batch sizes and every non-200 outcome."""
     import aiohttp
 
-    latencies, batch_sizes, failures = [], [], {}
+    latencies, batch_sizes, failures, rejected = [], [], {}, []
     sent = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -122,6 +128,8 @@ async def load(
                     async with session.post(url + "/generate", json=body) as response:
                         status = response.status
                         payload = await response.json() if status == 200 else None
+                        if status == 503 and "Retry-After" in response.headers:
+                            rejected.append(time.perf_counter() - t0)
                 except Exception as exc:  # a dropped connection is a failed request too
                     status, payload = type(exc).__name__, None
                 if status == 200:
@@ -133,6 +141,10 @@ async def load(
         await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     result = summarize(latencies, batch_sizes, failures, wall, concurrency)
+    if rejected:  # 503s for a full queue (they carry Retry-After): how fast they came back
+        ordered = sorted(rejected)
+        result["rejected"] = {"count": len(ordered), "p50_ms": ordered[len(ordered) // 2] * 1e3,
+                              "p99_ms": ordered[int(0.99 * len(ordered))] * 1e3}  # fmt: skip
     result["client_cpu"] = (time.process_time() - cpu_started) / wall  # of one CPU, this process
     return result
 
@@ -191,7 +203,7 @@ def echo_app():
 
 
 # -- Serve ----------------------------------------------------------------------------------------
-def deploy(name: str, checkpoint: str, *, replicas: int, max_batch_size: int) -> None:
+def deploy(name: str, checkpoint: str, *, replicas: int, max_batch_size: int) -> dict:
     from ray import serve
 
     from raygan.serve import build_app
@@ -199,6 +211,9 @@ def deploy(name: str, checkpoint: str, *, replicas: int, max_batch_size: int) ->
     # num_cpus 0.5: two apps and a replacement replica fit the 2 logical CPUs
     app = build_app(checkpoint, replicas=replicas, num_cpus=0.5, max_batch_size=max_batch_size)
     serve.run(app, name=name, route_prefix=f"/{name}", logging_config=LOGGING)
+    deployment = app._bound_deployment  # what Serve was given, not raygan's constants again
+    return {"max_ongoing_requests": deployment.max_ongoing_requests,
+            "max_queued_requests": deployment.max_queued_requests}  # fmt: skip
 
 
 def replica_names(app: str) -> list[str]:
@@ -359,6 +374,18 @@ def run(s: Sizes, work: Path) -> dict:
     result["loadavg"]["end"] = os.getloadavg()
     print("  " + json.dumps({k: result["kill"].get(k) for k in
                              ("ok", "failed", "failures", "replaced_s", "replicas_after")}))  # fmt: skip
+    from ray import serve
+
+    serve.delete(LOADED)
+    print("[5] overload: one replica, 4x the requests it holds", flush=True)
+    limits = deploy(OVERLOADED, checkpoint, replicas=1, max_batch_size=s.max_batch_size)
+    capacity = limits["max_ongoing_requests"] + limits["max_queued_requests"]
+    result["overload"] = asyncio.run(load(f"{base}/{OVERLOADED}", concurrency=4 * capacity,
+                                          requests=s.overload_requests,
+                                          seconds=s.overload_seconds, max_tokens=s.max_len))  # fmt: skip
+    result["overload"].update(limits, capacity=capacity)
+    print("  " + json.dumps({k: result["overload"].get(k) for k in
+                             ("ok", "failures", "rejected", "p99_ms")}))  # fmt: skip
     stop_serve()
     return result
 
@@ -397,8 +424,26 @@ def goals(result: dict) -> list[list]:
          f"{sustained['ok']:,} ({sustained['server_5xx']})", f">= {result['sizes']['sustained_requests']:,} (0)",
          mark[sustained["ok"] >= result["sizes"]["sustained_requests"] and sustained["server_5xx"] == 0]],
         ["replica killed under load: failed requests / replaced after",
-         f"{kill['failed']} / {kill.get('replaced_s', float('nan')):.1f} s", "counted; replaced",
-         mark[kill.get("replaced_s") is not None]],
+         f"{kill['failed']} / {kill.get('replaced_s', float('nan')):.1f} s", "0; replaced",
+         mark[kill["failed"] == 0 and kill.get("replaced_s") is not None]],
+        *overload_goals(result.get("overload")),
+    ]  # fmt: skip
+
+
+def overload_goals(over: dict | None) -> list[list]:
+    if over is None:  # a JSON from before the overload section
+        return []
+    mark = {True: "yes", False: "**no**"}
+    sent = over["ok"] + over["failed"]
+    rejected = over.get("rejected", {"count": 0, "p99_ms": float("nan")})
+    other = over["failed"] - rejected["count"]
+    return [
+        [f"overload, 4x capacity ({over['concurrency']} clients, 1 replica): answered 503 "
+         "with Retry-After / p99 of those", f"{rejected['count'] / sent:.0%} / "
+         f"{rejected['p99_ms']:.0f} ms", "fast (< p99 of the rest)",
+         mark[rejected["count"] > 0 and rejected["p99_ms"] < (over["p99_ms"] or 0)]],
+        ["overload: p99 of the answered / other errors", f"{over['p99_ms']:.0f} ms / {other}",
+         "bounded by the queue / 0", mark[other == 0]],
     ]  # fmt: skip
 
 
@@ -417,7 +462,10 @@ def report_text(result: dict) -> str:
         for c in result["cells"]
     ]  # fmt: skip
     sustained, kill = result["sustained"], result["kill"]
-    for label, r in (("sustained, 2 replicas", sustained), ("replica killed, 2 replicas", kill)):
+    loaded = [("sustained, 2 replicas", sustained), ("replica killed, 2 replicas", kill)]
+    if "overload" in result:
+        loaded.append(("overload, 1 replica", result["overload"]))
+    for label, r in loaded:
         rows.append(["haproxy", label, r["concurrency"], r["ok"], f"{r['requests_per_s']:,.1f}",
                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_batch']:.1f}",
                      r["failed"], client_cpu(r)])  # fmt: skip
@@ -458,7 +506,11 @@ def report_text(result: dict) -> str:
         f"{s['warmup_requests']} warm-up requests. Replica killed "
         f"{kill['killed_after_s']:.1f} s into the load; Serve saw it gone after "
         f"{kill.get('detected_s', float('nan')):.1f} s; failures by kind: "
-        f"{json.dumps(kill['failures']) if kill['failures'] else 'none'}.",
+        f"{json.dumps(kill['failures']) if kill['failures'] else 'none'}."
+        + (f" Overload: max_ongoing_requests {result['overload']['max_ongoing_requests']} + "
+           f"max_queued_requests {result['overload']['max_queued_requests']} per replica; its "
+           f"`failed` are the 503s: {json.dumps(result['overload']['failures'])}."
+           if "overload" in result else ""),
         f"Command: `{result['command']}`; total {result['total_s']:.0f} s.",
     ]
     return "\n".join(lines)

@@ -68,7 +68,8 @@ def corpus(tmp_path_factory) -> Path:
     train = write_lines(root / "train.txt", [f"sentence number {i} is here ." for i in range(103)])
     test = write_lines(root / "test.txt", ["sentence number 5 is here .", "an unseen line ."])
     prepare_text(
-        [str(train)], str(root / "out"), test_inputs=[str(test)], shard_rows=40, progress=False
+        [str(train)], str(root / "out"), test_inputs=[str(test)], shard_rows=40, max_len=32,
+        progress=False,
     )
     return root / "out"
 
@@ -147,7 +148,8 @@ def test_word_tokenizer_examples_and_cjk():
 # -- text corpora -----------------------------------------------------------------------------------
 def test_text_round_trip(tmp_path):
     src = write_lines(tmp_path / "a.txt", SENTENCES)
-    summary = prepare_text([str(src)], str(tmp_path / "out"), shard_rows=2, progress=False)
+    summary = prepare_text([str(src)], str(tmp_path / "out"), shard_rows=2, max_len=32,
+                           test_fraction=0, progress=False)  # fmt: skip
     manifest = verify(str(tmp_path / "out"))
     assert manifest["kind"] == "text" and manifest["tokenizer"] == "word"
     assert manifest["special_ids"] == {"pad": 0, "bos": 1, "eos": 2, "unk": 3}
@@ -194,7 +196,9 @@ def test_dropped_lines_are_counted(tmp_path):
         + b"word " * 40
         + b"\nanother good line\r\ncaf\xc3\xa9 ok"  # CRLF, and a last line without newline
     )
-    summary = prepare_text([str(src)], str(tmp_path / "out"), max_len=8, progress=False)
+    summary = prepare_text(
+        [str(src)], str(tmp_path / "out"), max_len=8, test_fraction=0, progress=False
+    )
     counts = summary.splits["train"]
     assert (counts.lines_read, counts.kept) == (7, 3)
     assert (counts.dropped_empty, counts.dropped_too_long, counts.dropped_invalid_utf8) == (2, 1, 1)
@@ -206,20 +210,22 @@ def test_dropped_lines_are_counted(tmp_path):
 
 def test_too_long_boundary_counts_eos(tmp_path):
     src = write_lines(tmp_path / "a.txt", ["one two three", "one two three four"])
-    summary = prepare_text([str(src)], str(tmp_path / "out"), max_len=4, progress=False)
+    summary = prepare_text(
+        [str(src)], str(tmp_path / "out"), max_len=4, test_fraction=0, progress=False
+    )
     assert (summary.splits["train"].kept, summary.splits["train"].dropped_too_long) == (1, 1)
 
 
 def test_chinese_with_char_and_word(tmp_path):
     lines = ["我喜欢猫。", "今天天气很好", "猫 在 睡觉"]
     src = write_lines(tmp_path / "zh.txt", lines)
-    prepare_text([str(src)], str(tmp_path / "char"), tokenizer="char", progress=False)
+    prepare_text([str(src)], str(tmp_path / "char"), tokenizer="char", test_fraction=0, progress=False)
     tokens_NT, lengths_N = read_split(str(tmp_path / "char"), "train")
     assert lengths_N.tolist() == [len(line) + 1 for line in lines]  # every character, EOS
     codec = load_codec(str(tmp_path / "char"))
     assert [codec.decode(r) for r in tokens_NT.tolist()] == lines
 
-    prepare_text([str(src)], str(tmp_path / "word"), tokenizer="word", progress=False)
+    prepare_text([str(src)], str(tmp_path / "word"), tokenizer="word", test_fraction=0, progress=False)
     codec = load_codec(str(tmp_path / "word"))
     decoded = [codec.decode(r) for r in read_split(str(tmp_path / "word"), "train")[0].tolist()]
     assert decoded == ["我 喜 欢 猫 。", "今 天 天 气 很 好", "猫 在 睡 觉"]
@@ -228,7 +234,8 @@ def test_chinese_with_char_and_word(tmp_path):
 def test_bpe_round_trip_keeps_case(tmp_path):
     src = write_lines(tmp_path / "a.txt", SENTENCES * 4)
     summary = prepare_text(
-        [str(src)], str(tmp_path / "out"), tokenizer="bpe", vocab_size=80, progress=False
+        [str(src)], str(tmp_path / "out"), tokenizer="bpe", vocab_size=80, test_fraction=0,
+        progress=False,
     )
     assert summary.vocab_size <= 80
     codec = load_codec(str(tmp_path / "out"))
@@ -516,7 +523,7 @@ def cli(argv: list[str]) -> argparse.Namespace:
 def test_cli_text_and_oracle(tmp_path, capsys):
     src = write_lines(tmp_path / "a.txt", SENTENCES)
     out = str(tmp_path / "text")
-    args = cli(["--input", str(src), "--out", out, "--tokenizer", "char", "--max-len", "64", "--no-progress"])  # fmt: skip
+    args = cli(["--input", str(src), "--out", out, "--tokenizer", "char", "--max-len", "64", "--test-fraction", "0", "--no-progress"])  # fmt: skip
     assert run_prepare(args) == 0
     printed = capsys.readouterr().out
     assert "| train | 5 | 5 | 0 | 0 | 0 |" in printed and f"wrote {out}" in printed
@@ -526,6 +533,37 @@ def test_cli_text_and_oracle(tmp_path, capsys):
     args = cli(["--oracle", "random", "--num-samples", "30", "--num-test", "5", "--vocab-size", "20", "--max-len", "6", "--out", out, "--no-progress"])  # fmt: skip
     assert run_prepare(args) == 0
     assert read_split(out, "train")[0].shape == (30, 6)
+
+
+def test_defaults_keep_the_data_and_hold_out_a_test_split(tmp_path, capsys):
+    """Without --max-len the length keeps 99% of the training lines (and says so); without
+    --test-input 5% of the lines are held out; losing more than 1% of the lines is a warning."""
+    lines = [" ".join(["w"] * (3 + i % 10)) + f" {i}" for i in range(1000)]  # 4..13 tokens
+    lines[::100] = [" ".join(["long"] * 60)] * 10  # 1% very long lines
+    src = write_lines(tmp_path / "a.txt", lines)
+    out = str(tmp_path / "out")
+    assert run_prepare(cli(["--input", str(src), "--out", out, "--no-progress"])) == 0
+    captured = capsys.readouterr()
+    manifest = load_manifest(out)
+    summary = manifest["summary"]
+    assert manifest["max_len"] == 14  # the 13-token lines and EOS: the 60-token ones are the 1%
+    train = summary["train"]
+    note = f"max_len 14 (not given): keeps {train['kept'] / train['lines_read']:.1%} of the first {train['lines_read']:,} training lines"
+    assert note in captured.out and manifest["source"]["max_len_note"].startswith(note)
+    assert manifest["source"]["test_fraction"] == data.DEFAULT_TEST_FRACTION
+    test_share = summary["test"]["lines_read"] / len(lines)
+    assert 0.03 < test_share < 0.07 and summary["train"]["lines_read"] + summary["test"]["lines_read"] == 1000
+    assert "warning" not in captured.err  # 1.0% dropped is not more than 1%
+
+    args = cli(["--input", str(src), "--out", out, "--overwrite", "--max-len", "12", "--test-fraction", "0", "--no-progress"])  # fmt: skip
+    assert run_prepare(args) == 0
+    captured = capsys.readouterr()
+    dropped = load_manifest(out)["summary"]["train"]["dropped_too_long"]
+    assert "test" not in [s for s, v in load_manifest(out)["splits"].items() if v["rows"]]
+    assert captured.err.strip() == (
+        f"warning: dropped {dropped:,} of 1,000 lines ({dropped / 1000:.1%}): {dropped:,} longer "
+        "than max_len 12 allows; a larger --max-len keeps them"
+    )
 
 
 def test_cli_rejects_mixed_modes(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -117,26 +118,55 @@ listen stats
 """
 
 
-def test_stats_listeners_are_rebound_to_loopback(fake_haproxy, tmp_path):
+def _run_wrapper(wrapper: str, config: Path) -> str:
     import subprocess
 
-    wrapper = ray_env.bind_stats_listeners("127.0.0.1")
+    return subprocess.run([wrapper, "-db", "-f", str(config), "-sf", "42"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+SEED_RULE = (
+    "http-request set-header x-raygan-seed %[rand(2147483648)] "
+    "unless { req.hdr(x-raygan-seed) -m found }"
+)
+
+
+def test_stats_listeners_are_rebound_to_loopback(fake_haproxy, tmp_path):
+    wrapper = ray_env.wrap_haproxy("127.0.0.1")
     assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == wrapper != str(fake_haproxy)
-    assert ray_env.bind_stats_listeners("127.0.0.1") == wrapper  # set up once, not wrapped twice
+    assert ray_env.wrap_haproxy("127.0.0.1") == wrapper  # set up once, not wrapped twice
     config = tmp_path / "haproxy.cfg"
     config.write_text(CONFIG.replace("127.0.0.1:8000", "0.0.0.0:8000"))  # an API opened on purpose
     # the arguments Serve starts (and reloads) HAProxy with reach it unchanged
-    out = subprocess.run([wrapper, "-db", "-f", str(config), "-sf", "42"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = _run_wrapper(wrapper, config)
     assert out.splitlines()[0] == f"-db -f {config} -sf 42"
     assert "bind 127.0.0.1:9101" in out and "bind 127.0.0.1:8404" in out
     assert "bind 0.0.0.0:8000" in out  # a bind with an address is the user's: kept
 
 
-def test_stats_listeners_keep_every_interface_when_asked(fake_haproxy, environ):
+def test_the_http_frontend_draws_a_seed_header_once(fake_haproxy, tmp_path):
+    """HAProxy sets the seed of a request that has none before routing it; a reload of an
+    already edited config does not add the rule twice."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(CONFIG)
+    wrapper = ray_env.wrap_haproxy("127.0.0.1")
+    _run_wrapper(wrapper, config)
+    out = _run_wrapper(wrapper, config)
+    lines = [line.strip() for line in out.splitlines()]
+    assert lines.count(SEED_RULE) == 1
+    assert lines[lines.index("frontend http_frontend") + 1] == SEED_RULE
+
+
+def test_stats_listeners_keep_every_interface_when_asked(fake_haproxy, environ, tmp_path):
     environ[ray_env.STATS_HOST_VAR] = "*"
     environ[ray_env.PROXY_VAR] = "haproxy"
     ray_env.serve_proxy_environment()
-    assert environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(fake_haproxy)
+    wrapper = environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    assert wrapper != str(fake_haproxy)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(CONFIG)
+    out = _run_wrapper(wrapper, config)
+    assert "bind :9101" in out and "bind *:8404" in out and SEED_RULE in out
+    assert environ["RAY_SERVE_HAPROXY_RETRY_ON"] == ray_env.RETRY_ON
     with pytest.raises(RayganError, match=f"{ray_env.STATS_HOST_VAR}='a b'"):
-        ray_env.bind_stats_listeners("a b")
+        ray_env.wrap_haproxy("a b")

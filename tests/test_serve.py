@@ -172,10 +172,13 @@ def server(ray_cluster, checkpoints):
         shutdown_server()
 
 
-def _post(url: str, body: dict, path: str = "/generate") -> tuple[int, dict]:
+def _post(
+    url: str, body: dict, path: str = "/generate", headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
     request = urllib.request.Request(
-        url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
+        url + path, data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **(headers or {})},
+    )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -243,6 +246,84 @@ def test_batched_request_equals_the_same_request_alone(server, checkpoints, caps
                      "--prefix", "a man"]) == 0  # fmt: skip
     served = _post(server, {"n": 2, "seed": 101, "prefix": "a man"})[1]
     assert capsys.readouterr().out.splitlines() == served["samples"]
+
+
+def test_the_routed_seed_header_seeds_a_request_without_one(server):
+    """What HAProxy sets before routing (raygan.ray_env.SEED_HEADER) is the seed of a request
+    whose body has none, so a retry on another replica samples the same; a body seed wins."""
+    body = {"n": 3, "temperature": 1.5}
+    seeded = _post(server, {**body, "seed": 123})[1]
+    status, routed = _post(server, body, headers={"x-raygan-seed": "123"})
+    assert status == 200 and routed["seed"] == 123 and routed["tokens"] == seeded["tokens"]
+    assert _post(server, {**body, "seed": 5}, headers={"x-raygan-seed": "123"})[1]["seed"] == 5
+    for bad in ("-1", "abc", str(2**63)):
+        status, out = _post(server, body, headers={"x-raygan-seed": bad})
+        assert status == 422 and out["detail"][0]["loc"] == ["header", "x-raygan-seed"], out
+
+
+def test_a_body_over_the_limit_is_refused_before_parsing(server):
+    import http.client
+
+    from raygan.serve import MAX_BODY_BYTES
+
+    huge = json.dumps({"n": 1, "prefix": "a " * MAX_BODY_BYTES}).encode()
+    host, port = server.removeprefix("http://").split(":")
+    for chunked in (False, True):  # a Content-Length over the limit, or a body without one
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            if chunked:
+                conn.request("POST", "/generate", body=iter([huge[i : i + 8192] for i in
+                             range(0, len(huge), 8192)]), encode_chunked=True,
+                             headers={"content-type": "application/json"})  # fmt: skip
+            else:
+                conn.request("POST", "/generate", body=huge,
+                             headers={"content-type": "application/json"})  # fmt: skip
+            response = conn.getresponse()
+            assert response.status == 413, (chunked, response.read())
+        except (ConnectionError, BrokenPipeError):  # refused mid-upload: also not parsed
+            assert chunked
+        finally:
+            conn.close()
+    assert _post(server, {"n": 1, "seed": 1})[0] == 200
+
+
+def test_random_bodies_and_headers_get_no_5xx(server):
+    """A few thousand random JSON bodies and headers: every answer is 2xx or 4xx, and the
+    server stays healthy."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    fields = ["n", "max_tokens", "temperature", "top_k", "top_p", "prefix", "seed", "x"]
+    scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+               | st.floats(allow_nan=False) | st.text(max_size=40))  # fmt: skip
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)  # fmt: skip
+    bodies = st.dictionaries(st.sampled_from(fields), values, max_size=7) | values
+    header_text = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=30)
+    headers = st.dictionaries(
+        st.sampled_from(["x-raygan-seed", "content-type", "x-request-id", "accept", "x-other"]),
+        header_text, max_size=3,
+    )  # fmt: skip
+    statuses: list[int] = []
+
+    @settings(max_examples=2000, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(body=bodies, extra=headers)
+    def check(body, extra):
+        request = urllib.request.Request(
+            server + "/generate", data=json.dumps(body).encode(),
+            headers={"content-type": "application/json", **extra},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        statuses.append(status)
+        assert status < 500, (status, body, extra)
+
+    check()
+    assert len(statuses) >= 1000 and _get(server, "/healthz")["status"] == "ok"
 
 
 @pytest.mark.parametrize(
@@ -379,6 +460,61 @@ def test_haproxy_listens_on_loopback_only(server):
                                           "RAY_SERVE_HAPROXY_METRICS_PORT")}  # fmt: skip
     assert stats <= {p for _, p in haproxy}  # they are up, and they are HAProxy's
     assert {a for a, _ in haproxy} == {"127.0.0.1"}, sorted(haproxy)
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="needs HAProxy (the Python proxy's limit)")
+def test_a_replica_killed_under_load_fails_no_request(server, checkpoints):
+    """Two replicas under load from 6 clients; one is killed: every request is answered (HAProxy
+    retries the dying replica's requests on the other), until Serve has replaced it."""
+    import ray
+    from ray import serve
+
+    from raygan.serve import APP_NAME, start_server
+
+    port = int(server.rsplit(":", 1)[1])
+    start_server(checkpoints[1], port=port, **{**SERVE_OPTIONS, "replicas": 2})
+
+    def replicas() -> set[str]:
+        named = ray.util.list_named_actors(all_namespaces=True)
+        return {a["name"] for a in named if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#")}
+
+    def running() -> int:
+        app = serve.status().applications[APP_NAME]
+        return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+
+    stop, outcomes = threading.Event(), []
+
+    def hammer(i):
+        while not stop.is_set():
+            body = {"n": 4} if i % 2 else {"n": 4, "seed": i}  # unseeded: HAProxy's seed
+            try:
+                outcomes.append(_post(server, body)[0])
+            except Exception as exc:  # a dropped connection counts as a failure
+                outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        before = replicas()
+        assert len(before) == 2
+        ray.kill(ray.get_actor(sorted(before)[0], namespace="serve"), no_restart=True)
+        killed_at, seen = time.monotonic(), len(outcomes)
+        deadline = killed_at + 60
+        while time.monotonic() < deadline and not (replicas() - before and running() == 2):
+            time.sleep(0.2)
+        replaced_s = time.monotonic() - killed_at
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    print(f"replaced after {replaced_s:.1f} s; {len(outcomes) - seen} requests meanwhile")
+    assert replicas() - before, "Serve did not replace the killed replica"
+    assert len(outcomes) - seen > 20
+    failures = [o for o in outcomes if o != 200]
+    assert not failures, failures[:5]
 
 
 def test_shutdown_leaves_no_serve_actors(server):

@@ -111,6 +111,60 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, oracle_data, tmp_pat
     assert cli_main(["sample", "--checkpoint", str(run_dir), "-n", "3", "--seed", "1"]) == 0
 
 
+def test_lost_node_resumes_from_checkpoint_on_a_replacement(ray_cluster, oracle_data, tmp_path):
+    """The node holding the run's only worker (2 CPUs: no other node fits it) is removed after
+    the first checkpoint and a replacement node joins, as an autoscaler would bring one: the
+    run ends on the new node with the exact step count and an uninterrupted run's weights."""
+    import threading
+
+    import ray
+
+    overrides = {**TINY_TRAIN, "estimator": "rollout", "num_workers": 1, "cpus_per_worker": 2,
+                 "max_failures": 2, "mle_steps": 300, "checkpoint_every": 20, "eval_every": 100}  # fmt: skip
+    total = overrides["mle_steps"] + overrides["d_pretrain_steps"] + overrides["adv_steps"]
+    run_dir = tmp_path / "run"
+    doomed = ray_cluster.add_node(num_cpus=2)
+    replacement = None
+    outcome: dict = {}
+
+    def train():
+        try:
+            outcome["summary"] = fit(oracle_data, str(run_dir), overrides, log=lambda *_: None)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run_dir / "ray" / "raygan").glob("checkpoint_*")):
+            assert time.monotonic() < deadline and thread.is_alive(), outcome
+            time.sleep(0.05)
+        saved = set((run_dir / "ray" / "raygan").glob("checkpoint_*"))
+        ray_cluster.remove_node(doomed)
+        removed_at, removed_wall, doomed = time.monotonic(), time.time(), None
+        replacement = ray_cluster.add_node(num_cpus=2)
+        thread.join(timeout=300)
+        after = set((run_dir / "ray" / "raygan").glob("checkpoint_*")) - saved
+        first = min((p.stat().st_mtime for p in after), default=float("nan")) - removed_wall
+        print(f"node removed: the first checkpoint after it {first:.1f} s later, the run ended "
+              f"{time.monotonic() - removed_at:.1f} s later")  # fmt: skip
+    finally:
+        thread.join(timeout=300)
+        for node in (doomed, replacement):
+            if node is not None:
+                ray_cluster.remove_node(node)
+        deadline = time.monotonic() + 60  # the next tests count on the session's two nodes
+        while ray.cluster_resources().get("CPU") != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert "error" not in outcome, outcome
+    summary = outcome["summary"]
+    assert summary["final_step"] == total
+    assert summary["worker_nodes"] == [replacement.node_id]  # not the removed node's
+    final, _, _ = load_checkpoint(run_dir / "final")
+    _assert_same_weights(final, _reference(oracle_data, overrides)[total], atol=1e-5)
+
+
 def test_damaged_newest_checkpoint_resumes_from_the_previous_one(ray_cluster, oracle_data, tmp_path):
     """A finished run whose newest checkpoint is truncated: the same command again resumes from
     the newest good one, trains the steps since, and ends exactly where an uninterrupted run does."""
