@@ -17,7 +17,8 @@ What a dying replica or an overload costs (BENCHMARKS.md, serving):
   first try would have, and the client sees no error. Serve's Python proxy does not retry a
   request whose replica died mid-flight: there the client gets a 500 and may resend.
 - A replica holds max_ongoing_requests and queues `max_queued_requests` more; past that a
-  request is answered at once with 503 and `Retry-After` instead of waiting out a timeout.
+  request it has read is answered at once with 503 and `Retry-After`. Under heavy overload
+  requests also wait unread in the replica's socket backlog, which that limit does not see.
 - A body over MAX_BODY_BYTES is refused with 413 before it is parsed.
 
 The only module that calls ray.serve; the sampling itself is raygan.sampling, shared with
