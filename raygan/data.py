@@ -996,7 +996,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument(
         "--max-len", type=int, metavar="N",
         help=f"tokens per sequence, EOS included (text: the length that keeps "
-        f"{LENGTH_COVERAGE:.0%} of the training lines; oracle 20)",
+        f"{LENGTH_COVERAGE:.0%}% of the training lines; oracle 20)",
     )
     common.add_argument(
         "--shard-rows", type=int, metavar="N", help="rows per Parquet shard (100000)"
