@@ -9,6 +9,9 @@ raygan sample --checkpoint runs/a -n 5 --temperature 0.8
 raygan serve --checkpoint tunes/a/best --port 8000      # HTTP on 127.0.0.1 (Ray Serve); Ctrl-C stops
 raygan generate --url http://127.0.0.1:8000 -n 3 --prefix "a man"
 raygan evaluate oracle --oracle-path target_params.npz  # MLE + each estimator, one process
+raygan report runs/a                                    # report.md + plots of a run or a search
+
+Every command takes --verbose: Ray's own logs on the console instead of a progress bar.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--config", help="YAML file of config keys (nested sections or flat keys)")
     p.add_argument("--fresh", action="store_true", help="discard a previous run in RUN_DIR")
+    p.add_argument("--no-report", action="store_true", help="skip RUN_DIR/report.md at the end")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(run=_run_train)
 
@@ -86,10 +90,46 @@ def _overrides(args) -> dict:
 
 
 def _run_train(args) -> int:
+    from raygan.console import summary_line
     from raygan.train import fit
 
-    summary = fit(args.data, args.out, _overrides(args), fresh=args.fresh)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    summary = fit(args.data, args.out, _overrides(args), fresh=args.fresh, report=not args.no_report)
+    print(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s; "
+          + summary_line(summary["final_metrics"]))  # fmt: skip
+    for early in summary["early_stops"]:
+        print(f"  early stop at step {early['step']}: {early['early_stop']}")
+    print(f"final checkpoint: {summary.get('final_checkpoint', '-')}")
+    print(f"summary: {storage_join(args.out, 'summary.json')}")
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
+    print(f"next: raygan sample --checkpoint {args.out} -n 5   |   "
+          f"tensorboard --logdir {storage_join(args.out, 'tb')}")  # fmt: skip
+    return 0
+
+
+def storage_join(*parts: str) -> str:
+    from raygan import storage
+
+    return storage.join(storage.absolute(parts[0]), *parts[1:])
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="report.md and PNG curves of a run (RUN_DIR) or a search (TUNE_DIR)",
+        description="A run: learning curves (NLL_oracle or BLEU, NLL_test, D held-out accuracy, "
+        "G and D loss, G grad norm, beta) with phases and early stops marked, and samples at a "
+        "few steps, from its TensorBoard events. A search: the trials' metric with exploits and "
+        "the best configuration.",
+    )
+    p.add_argument("path", metavar="RUN_DIR|TUNE_DIR")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> int:
+    from raygan.run_report import write_report
+
+    print(f"report: {write_report(args.path)}")
     return 0
 
 
@@ -128,6 +168,7 @@ def _run_tune(args) -> int:
 
     print(storage.read_text(storage.join(args.out, "results.md")), end="")
     print(f"best checkpoint: {summary['best']['checkpoint']}")
+    print(f"report: {summary['report']}")
     return 0
 
 
@@ -363,16 +404,18 @@ def _run_config(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="the whole pipeline on generated data: prepare -> train (2 Ray workers) -> samples",
+        help="the whole pipeline on a shipped corpus (COCO captions): prepare -> train (2 Ray "
+        "workers) -> tune (PBT) -> serve -> generated sentences",
     )
     p.add_argument("--out", default="demo_out", help="where data, run and checkpoints go")
+    p.add_argument("--smoke-test", action="store_true", help="a few steps of each stage")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args) -> int:
     from raygan.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, smoke_test=args.smoke_test)
     return 0
 
 
@@ -390,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_recipes(sub)
     _add_demo(sub)
+    _add_report(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--verbose", action="store_true",
+            help="Ray's own logs on the console (also RAYGAN_VERBOSE=1), instead of a progress bar",
+        )  # fmt: skip
     return parser
 
 
@@ -414,6 +463,10 @@ def _run_prepare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        from raygan.console import set_verbose
+
+        set_verbose(True)
     try:
         return args.run(args)
     except RayganError as exc:

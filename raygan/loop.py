@@ -57,6 +57,8 @@ class WorkerContext:
     """Moves a model to the device and wraps it for data parallelism."""
     node_id: str = "local"
     """Where this worker runs (the summary lists every worker's node)."""
+    console: Any = None
+    """Rank 0's raygan.console.WorkerConsole when the driver shows a progress bar, else None."""
 
 
 def _mix(*words: int) -> int:
@@ -423,9 +425,13 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
                     d_steps=cfg.gan.d_steps, beta=beta, generator=rng, baseline_T=baseline_T,
                     reduce_mean=reduce_mean, world_size=world,
                 )  # fmt: skip
+                if cfg.gan.estimator == "gumbel":
+                    stats["beta"] = beta  # the report plots RelGAN's schedule
         step += 1
         train_s += time.perf_counter() - step_started
         board.scalars(stats, step, phase)
+        if ctx.console:
+            ctx.console.step(step, (phase, phase_start, phase_size), stats)
         _maybe_fail(cfg, step, rank, world, run_dir)
 
         phase_ends = phase_of(step, cfg)[0] != phase
@@ -438,11 +444,15 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
                 evaluator, gen, disc, cfg, step, phase, stats, stopper, board, train_s
             )
             history.append({k: v for k, v in last_metrics.items() if k != "samples"})
+            if ctx.console:
+                ctx.console.step(step, (phase, phase_start, phase_size), last_metrics, now=True)
             if _broadcast_flag(reason is not None, device):
                 stop_reason = reason or "early stop on rank 0"
                 step = phase_start + phase_size  # the phase ends here
                 board.text("early_stopping", f"step {step}: {stop_reason}", step)
                 history[-1]["early_stop"] = stop_reason
+                if ctx.console:
+                    ctx.console.line(f"early stop of {phase} at step {history[-1]['step']}: {stop_reason}")
                 stopper.reset()
         if step % cfg.trainer.checkpoint_every == 0 or step >= total or stop_reason:
             state = {

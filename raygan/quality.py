@@ -173,7 +173,8 @@ def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(started_with, json.dumps(settings, indent=2, default=str))
     started = time.perf_counter()
-    summary = fit(str(data_dir), str(run_dir), settings, fresh=fresh, log=lambda _: None)
+    summary = fit(str(data_dir), str(run_dir), settings, fresh=fresh, log=lambda _: None,
+                  progress=False, report=False)
     done = {
         "name": name,
         "settings": settings,

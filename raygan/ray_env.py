@@ -222,9 +222,14 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from raygan.console import verbose
+
     address = os.environ.get("RAY_ADDRESS")
     ray_environment(local=not address)
+    # Quiet by default (raygan.console): the workers' logs stay in Ray's session directory,
+    # errors still reach the caller as exceptions, raygan's own warnings come by the console.
+    shown = {"log_to_driver": verbose(), "logging_level": "INFO" if verbose() else "WARNING"}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **shown)
     else:
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, **shown)

@@ -45,11 +45,19 @@ def load_json(path: str | Path) -> dict:
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the tensorboardX event files under `logdir`, by tag, as (step, value) in
-    file order. The files are TFRecords (length, its CRC, an Event proto, its CRC); the CRCs are
+    file order."""
+    return read_events(logdir)[0]
+
+
+def read_events(logdir: str | Path):
+    """(scalars, texts) of the tensorboardX event files under `logdir`: by tag, (step, value) in
+    file order; a text's tag is the one it was written under (`add_text("samples", ...)`:
+    "samples"). The files are TFRecords (length, its CRC, an Event proto, its CRC); the CRCs are
     not checked, and a record cut short by a crash ends the file."""
     from tensorboardX.proto.event_pb2 import Event
 
     scalars: dict[str, list[tuple[int, float]]] = {}
+    texts: dict[str, list[tuple[int, str]]] = {}
     for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
         data, pos = path.read_bytes(), 0
         while pos + 12 <= len(data):
@@ -62,4 +70,8 @@ def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 if value.HasField("simple_value"):
                     scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
+                elif value.metadata.plugin_data.plugin_name == "text" and value.tensor.string_val:
+                    tag = value.tag.removesuffix("/text_summary")
+                    text = value.tensor.string_val[0].decode("utf-8", "replace")
+                    texts.setdefault(tag, []).append((event.step, text))
+    return scalars, texts

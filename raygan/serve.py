@@ -33,6 +33,7 @@ replicas (`reconfigure`). Either way no request fails.
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and
 # under Serve's ingress wrapper string annotations are not resolved (the body became a query).
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -352,6 +353,10 @@ def start_server(
 
     model = load_model(checkpoint)
     ensure_ray()
+    from raygan.console import verbose
+
+    if not verbose():  # this process's "Started Serve", "Application ... is ready" INFO lines
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # [4] one HTTP ingress, on the head node: 127.0.0.1 is only reachable there anyway. Which
     # one (HAProxy, or Serve's Python proxy) was fixed when Ray started: raygan.ray_env
     # per-request access logs cost the replica and the proxy ~1 ms each: off unless asked

@@ -42,16 +42,19 @@ def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
+    from raygan.console import console_for
     from raygan.loop import WorkerContext, train_loop
 
     context = ray.train.get_context()
+    console = console_for(run.get("console"), context.get_world_rank())
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(dict(metrics), checkpoint=checkpoint)  # [2] report (+ checkpoint)
 
     checkpoint = ray.train.get_checkpoint()  # [1] resume from the newest checkpoint, if any
-    with _usable_checkpoint(checkpoint, warn=context.get_world_rank() == 0) as (restore_dir, bad):
+    shown = console.warnings_shown() if console else contextlib.nullcontext()
+    with shown, _usable_checkpoint(checkpoint, warn=context.get_world_rank() == 0) as (restore_dir, bad):
         ctx = WorkerContext(
             rank=context.get_world_rank(),
             world_size=context.get_world_size(),
@@ -60,6 +63,7 @@ def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
             restore_dir=restore_dir,
             prepare_model=prepare_ddp,  # [3] DDP across workers
             node_id=ray.get_runtime_context().get_node_id(),
+            console=console,
         )
         summary = train_loop(run, ctx)
     if bad:  # the run summary keeps what the warning said
@@ -226,8 +230,13 @@ def fit(
     *,
     fresh: bool = False,
     log=print,
+    progress: bool = True,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume) into `run_dir`; returns the run summary."""
+    """Train (or resume) into `run_dir`; returns the run summary. `progress`: a progress bar on
+    stderr (not in verbose mode, where Ray's own logs are shown); `report`: write RUN_DIR/report.md
+    and its plots at the end (raygan.run_report)."""
+    from raygan.console import TrainConsole, verbose
     from raygan.data import verify
     from raygan.ray_env import ensure_ray
 
@@ -236,13 +245,17 @@ def fit(
     config = resolve_config(data_dir, overrides or {})
     run = {"config": config.to_dict(), "data_dir": data_dir, "run_dir": run_dir}
     _check_run_dir(run_dir, run, fresh)
-    log("resolved config:\n" + json.dumps(config.to_dict(), indent=2))
+    if verbose():
+        log("resolved config:\n" + json.dumps(config.to_dict(), indent=2))
+    log(describe(config, run_dir))
     atomic_write_text(storage.join(run_dir, "run.json"), json.dumps(run, indent=2))
 
     ensure_ray()
     check_placement(config)
-    trainer = make_trainer(run, config, storage_path=storage.join(run_dir, "ray"), name=RUN_NAME)
-    result = trainer.fit()
+    with TrainConsole(config.schedule.total_steps, enabled=progress and not verbose()) as console:
+        trainer = make_trainer(dict(run, console=console.name), config,
+                               storage_path=storage.join(run_dir, "ray"), name=RUN_NAME)  # fmt: skip
+        result = trainer.fit()
     if result.error:
         raise result.error
     summary = dict(result.return_value or {})
@@ -256,4 +269,18 @@ def fit(
     atomic_write_text(
         storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str)
     )
+    if report:
+        from raygan.run_report import write_run_report
+
+        summary["report"] = write_run_report(run_dir)
     return summary
+
+
+def describe(config: Config, run_dir: str) -> str:
+    """One line: what this run will do and where (the full config goes to RUN_DIR/run.json)."""
+    s, g, t = config.schedule, config.gan, config.trainer
+    phases = ", ".join(f"{name} {n}" for name, n in (("MLE", s.mle_steps),
+                       ("D pretraining", s.d_pretrain_steps), (f"{g.estimator} adversarial", s.adv_steps)) if n)  # fmt: skip
+    device = "GPU" if t.use_gpu else "CPU"
+    return (f"train: {t.num_workers} {device} worker{'s' * (t.num_workers > 1)}, steps: {phases or 'none'}, "
+            f"batch {s.batch_size} -> {run_dir} (config: run.json)")  # fmt: skip

@@ -196,8 +196,10 @@ def run_tune(
     fresh: bool = False,
     scheduler: str = "pbt",
     log=print,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) a search into `tune_dir`; returns the summary written to results.json.
+    """Run (or resume) a search into `tune_dir`; returns the summary written to results.json,
+    with the path of the report.md written beside it. `progress`: Tune's live table of trials.
 
     scheduler="none" runs the same trials without exploit/explore: the fixed-configuration
     baseline PBT is compared against."""
@@ -222,7 +224,17 @@ def run_tune(
         f"tune: {space.trials} trials of {config.schedule.total_steps} steps, "
         f"{max_concurrent} at a time, metric {space.metric} ({space.mode}), scheduler {scheduler}"
     )
-    tuner = _make_tuner(space, data_dir, out, config, max_concurrent, scheduler, frontier)
+    from raygan.console import verbose
+
+    callbacks = []
+    if progress and not verbose():
+        from raygan.console import tune_console
+
+        callbacks.append(tune_console(space.trials, config.schedule.total_steps, space.metric,
+                                      space.mode))  # fmt: skip
+    shown = 2 if verbose() else 0  # Tune's own output: each trial's reports, in verbose mode
+    tuner = _make_tuner(space, data_dir, out, config, max_concurrent, scheduler, frontier,
+                        shown, callbacks)  # fmt: skip
     with warnings.catch_warnings():
         # Tune suggests reusing trial actors under PBT; an exploit here restarts the trial's
         # process instead (a few seconds, small next to a perturbation interval), which also
@@ -233,6 +245,9 @@ def run_tune(
     if errors:
         raise RayganError(f"{len(errors)} of {len(grid)} trials failed; the first: {errors[0]}")
     summary = summarize(grid, space, out)
+    from raygan.run_report import write_tune_report
+
+    summary["report"] = write_tune_report(out)
     log(f"best: trial {summary['best']['trial_id']} {space.metric}={summary['best']['metric']:.4f}")
     return summary
 
@@ -313,7 +328,7 @@ def _trials_that_fit(config) -> int:
 
 
 def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurrent, scheduler,
-                frontier=None):  # fmt: skip
+                frontier=None, shown: int = 0, callbacks=()):  # fmt: skip
     from ray import tune
 
     trainable = tune.with_parameters(
@@ -359,7 +374,8 @@ def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurr
                 checkpoint_score_order=space.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            verbose=0,
+            verbose=shown,
+            callbacks=list(callbacks) or None,
         ),
     )
 

@@ -551,7 +551,8 @@ def run_fit(data_dir: str, work: Path, s: Sizes, num_workers: int, batch: int) -
         "d_hidden_dim": s.d_dim, "rollout_num": s.rollout_num,
     }  # fmt: skip
     started = time.perf_counter()
-    summary = fit(data_dir, str(run_dir), overrides, fresh=True, log=lambda *_: None)
+    summary = fit(data_dir, str(run_dir), overrides, fresh=True, log=lambda *_: None,
+                  progress=False, report=False)
     fit_wall = time.perf_counter() - started
     steps = summary["steps"]
     phases = phase_step_times(run_dir / "tb")

@@ -131,7 +131,7 @@ def arm(name: str, space: str, data: str, work: Path, overrides: dict) -> dict:
                *(f"{k}={'PRETRAINED' if k == 'init_from' else v}" for k, v in overrides.items())]  # fmt: skip
     started = time.perf_counter()
     summary = run_tune(space, data, str(out), overrides=overrides, scheduler=scheduler, fresh=True,
-                       log=lambda *_: None)  # fmt: skip
+                       log=lambda *_: None, progress=False)  # fmt: skip
     wall = time.perf_counter() - started
     trials = summary["trials"]
     best_meta = json.loads((out / "best" / "checkpoint.json").read_text())["metrics"]

@@ -230,6 +230,20 @@ def test_pbt_outputs(pbt_run, capsys):
         assert len(capsys.readouterr().out.splitlines()) == 3
 
 
+def test_search_report_names_the_best_trial_and_its_config(pbt_run, capsys):
+    summary, tune_dir = pbt_run
+    assert summary["report"] == str(tune_dir / "report.md")
+    (tune_dir / "report.md").unlink()
+    assert main(["report", str(tune_dir)]) == 0  # `raygan report` rewrites it
+    assert capsys.readouterr().out.strip() == f"report: {tune_dir / 'report.md'}"
+    report = (tune_dir / "report.md").read_text()
+    best = summary["best"]
+    assert f"Best: trial {best['trial_id']}, nll_oracle {best['metric']:.4f}" in report
+    for key, value in best["config"].items():
+        assert f"{key}: {value}" in report
+    assert "](metric.png)" in report and "exploits (step: donor)" in report
+
+
 def test_rerun_of_a_finished_search_restores_it(pbt_run, oracle_data, tmp_path):
     from raygan.tune import run_tune
 
