@@ -223,6 +223,32 @@ def make_trainer(
     )
 
 
+def forward_reports_callback(reports, acks):
+    """A Train callback (it runs in the Train controller) handing rank 0's report to a Tune
+    trial through the `reports` queue (raygan.tune runs a distributed trial this way).
+
+    It waits for the trial's acknowledgement on `acks`, i.e. until Tune has copied the
+    checkpoint, so Train's checkpoint rotation can never delete one Tune has not taken yet."""
+    import ray.train
+
+    class ForwardReports(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            path = (checkpoint.path, checkpoint.filesystem) if checkpoint else None
+            reports.put((metrics[0], path))
+            acks.get(timeout=3600)
+
+    return ForwardReports()
+
+
+def as_train_checkpoint(checkpoint):
+    """Tune's Checkpoint as Train's (the same storage, another class); None stays None."""
+    import ray.train
+
+    if checkpoint is None:
+        return None
+    return ray.train.Checkpoint(path=checkpoint.path, filesystem=checkpoint.filesystem)
+
+
 def fit(
     data_dir: str,
     run_dir: str,

@@ -124,33 +124,14 @@ def _run_in_process(run: dict[str, Any], checkpoint, restored: dict[str, Any]) -
         train_loop(run, WorkerContext(device=device, report=report, restore_dir=restore_dir))
 
 
-def _forward_reports_callback(reports, acks):
-    """A Train callback (it runs in the Train controller) handing rank 0's report to the trial.
-
-    It waits for the trial's acknowledgement, i.e. until Tune has copied the checkpoint, so
-    Train's checkpoint rotation can never delete a checkpoint Tune has not taken yet."""
-    import ray.train
-
-    class ForwardReports(ray.train.UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            path = (checkpoint.path, checkpoint.filesystem) if checkpoint else None
-            reports.put((metrics[0], path))
-            acks.get(timeout=3600)
-
-    return ForwardReports()
-
-
 def _run_distributed(run, config, checkpoint, restored, trial_id: str) -> None:
-    import ray.train
     import ray.tune
     from ray.util.queue import Empty, Queue
 
-    from raygan.train import make_trainer
+    from raygan.train import as_train_checkpoint, forward_reports_callback, make_trainer
 
     reports, acks = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
-    donor = None
-    if checkpoint is not None:  # Tune's Checkpoint -> Train's (same storage, another class)
-        donor = ray.train.Checkpoint(path=checkpoint.path, filesystem=checkpoint.filesystem)
+    donor = as_train_checkpoint(checkpoint)
     train_storage = storage.join(run["run_dir"], "train")
     trainer = make_trainer(
         run,
@@ -159,7 +140,7 @@ def _run_distributed(run, config, checkpoint, restored, trial_id: str) -> None:
         # A fresh name per (re)start: a reused name would resume that run's own last checkpoint
         # instead of the donor's.
         name=f"segment-{uuid.uuid4().hex[:8]}",
-        callbacks=[_forward_reports_callback(reports, acks)],
+        callbacks=[forward_reports_callback(reports, acks)],
         resume_from_checkpoint=donor,
     )
     outcome: dict[str, Any] = {}
@@ -199,7 +180,7 @@ def run_tune(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a search into `tune_dir`; returns the summary written to results.json,
-    with the path of the report.md written beside it. `progress`: Tune's live table of trials.
+    with the path of the report.md written beside it. `progress`: one bar over all trials.
 
     scheduler="none" runs the same trials without exploit/explore: the fixed-configuration
     baseline PBT is compared against."""
