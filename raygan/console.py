@@ -143,8 +143,9 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class WorkerConsole:
-    """Rank 0's side: step updates at most every SEND_S seconds (fire and forget, ~0.1 ms a
-    call), evaluations and lines (phase ends, early stops, warnings) at once."""
+    """Rank 0's side: step updates at most every SEND_S seconds (a fire-and-forget actor call,
+    0.24 ms measured on 2 busy vCPUs: under 0.05% of the wall time), evaluations and lines
+    (phases, early stops, warnings) at once."""
 
     def __init__(self, name: str):
         import ray
