@@ -35,6 +35,7 @@ PANELS = (
         ("mle/g_grad_norm", "G grad norm (MLE)"), ("adversarial/g_grad_norm", "G grad norm"),
         ("adversarial/beta", "beta")]),
 )  # fmt: skip
+RIGHT_AXIS = {"BLEU-4", "Self-BLEU-4", "beta"}
 SAMPLE_STEPS = 4  # evaluations whose samples the report shows (first, last and evenly between)
 SAMPLES_SHOWN = 5
 
@@ -58,7 +59,7 @@ def write_run_report(run_dir: str) -> str:
     summary = json.loads(storage.read_text(summary_path)) if storage.is_file(summary_path) else {}
     scalars, texts = _events(storage.join(run_dir, "tb"))
     schedule = run["config"]["schedule"]
-    boundaries = [(schedule["mle_steps"], "MLE | D pretraining"),
+    boundaries = [(schedule["mle_steps"], "D pretraining"),
                   (schedule["mle_steps"] + schedule["d_pretrain_steps"], "adversarial")]  # fmt: skip
     stops = [(h["step"], h["early_stop"]) for h in summary.get("early_stops", [])]
     lines = [f"# Run report: {run_dir}", "", _run_overview(run, summary), ""]
@@ -145,20 +146,28 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], *, title: str,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    for label, points in curves.items():
+    # Curves on another scale than the first (BLEU in [0, 1] beside NLL in nats, beta beside a
+    # gradient norm) get the right-hand axis.
+    right = ax.twinx() if any(label in RIGHT_AXIS for label in curves) else None
+    lines = []
+    for index, (label, points) in enumerate(curves.items()):
         steps, values = zip(*points, strict=True)
-        ax.plot(steps, values, label=label, marker="." if len(points) < 30 else None)
+        axis = right if right is not None and label in RIGHT_AXIS else ax
+        lines += axis.plot(steps, values, label=label, color=f"C{index}",
+                           marker="." if len(points) < 30 else None)  # fmt: skip
     last = max(step for points in curves.values() for step, _ in points)
     for step, name in boundaries:
         if 0 < step < last:
             ax.axvline(step, color="gray", linestyle="--", linewidth=1)
-            ax.text(step, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
-                    va="top", color="gray")  # fmt: skip
+            ax.text(step, 0.98, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    va="top", rotation=90, color="gray")  # fmt: skip
     for step in stops:
         ax.axvline(step, color="red", linestyle=":", linewidth=1.2)
     ax.set_xlabel("training step")
+    if right is not None:
+        right.set_ylabel(", ".join(label for label in curves if label in RIGHT_AXIS), fontsize=8)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(handles=lines, fontsize=8)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
