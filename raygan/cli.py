@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 from raygan import __version__
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
+from raygan.core.malloc import keep_freed_memory
 
 
 def _add_evaluate(sub) -> None:
@@ -35,7 +36,7 @@ def _add_evaluate(sub) -> None:
         description="MLE pretraining then gumbel/rollout/dense adversarial training on an oracle, "
         "printing NLL_oracle and NLL_test per phase and the wall time.",
     )
-    from raygan.evaluate import add_oracle_arguments
+    from raygan.run.evaluate import add_oracle_arguments
 
     add_oracle_arguments(o)
     o.add_argument("--out", help="write the results as JSON here")
@@ -43,7 +44,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from raygan.evaluate import benchmark_from_args, run_oracle_benchmark, write_result
+    from raygan.run.evaluate import benchmark_from_args, run_oracle_benchmark, write_result
 
     bench = benchmark_from_args(args)
     result = run_oracle_benchmark(bench)
@@ -77,7 +78,7 @@ def _add_train(sub) -> None:
 
 def _overrides(args) -> dict:
     """--recipe, then --config, then key=value: each later one overrides the earlier ones."""
-    from raygan.config import parse_key_values, recipe_path
+    from raygan.core.config import parse_key_values, recipe_path
 
     overrides: dict = {}
     if getattr(args, "recipe", None):
@@ -90,8 +91,8 @@ def _overrides(args) -> dict:
 
 
 def _run_train(args) -> int:
-    from raygan.console import summary_line
-    from raygan.train import fit
+    from raygan.run.console import summary_line
+    from raygan.run.train import fit
 
     summary = fit(args.data, args.out, _overrides(args), fresh=args.fresh, report=not args.no_report)
     print(f"done: {summary['steps']} steps in {summary['wall_s']:.1f} s; "
@@ -108,7 +109,7 @@ def _run_train(args) -> int:
 
 
 def storage_join(*parts: str) -> str:
-    from raygan import storage
+    from raygan.data import storage
 
     return storage.join(storage.absolute(parts[0]), *parts[1:])
 
@@ -127,7 +128,7 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
-    from raygan.run_report import write_report
+    from raygan.run.report import write_report
 
     print(f"report: {write_report(args.path)}")
     return 0
@@ -157,14 +158,14 @@ def _add_tune(sub) -> None:
 
 
 def _run_tune(args) -> int:
-    from raygan.config import parse_key_values
-    from raygan.tune import run_tune
+    from raygan.core.config import parse_key_values
+    from raygan.run.tune import run_tune
 
     summary = run_tune(
         args.space, args.data, args.out, trials=args.trials, scheduler=args.scheduler,
         overrides=parse_key_values(args.overrides), fresh=args.fresh,
     )  # fmt: skip
-    from raygan import storage
+    from raygan.data import storage
 
     print(storage.read_text(storage.join(args.out, "results.md")), end="")
     print(f"best checkpoint: {summary['best']['checkpoint']}")
@@ -181,7 +182,7 @@ def load_yaml_overrides(path: str) -> dict:
         raise RayganError(f"config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise RayganError(f"config file {path} must hold a mapping of config keys")
-    from raygan.config import Config
+    from raygan.core.config import Config
 
     try:
         Config.from_dict(data)  # an unknown key is named, with the close valid ones
@@ -207,7 +208,7 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-    from raygan.sampling import (
+    from raygan.serve.sampling import (
         SampleRequest,
         check_sampling,
         encode_prefix,
@@ -280,8 +281,8 @@ def _add_serve(sub) -> None:
 def _run_serve(args) -> int:
     import time
 
-    from raygan.ray_env import PROXY_VAR
-    from raygan.serve import shutdown_server, start_server
+    from raygan.run.ray_env import PROXY_VAR
+    from raygan.serve.app import shutdown_server, start_server
 
     if not 0 < args.port < 65536:
         raise RayganError(f"--port must be in [1, 65535], got {args.port}")
@@ -333,7 +334,7 @@ def _add_generate(sub) -> None:
 
 
 def _run_generate(args) -> int:
-    from raygan.client import generate
+    from raygan.serve.client import generate
 
     response = generate(
         args.url, n=args.num, max_tokens=args.max_tokens, temperature=args.temperature,
@@ -376,7 +377,7 @@ def _add_recipes(sub) -> None:
 
 
 def _run_recipes(args) -> int:
-    from raygan.config import recipe_names, recipe_summary
+    from raygan.core.config import recipe_names, recipe_summary
 
     names = recipe_names()
     width = max(map(len, names), default=0)
@@ -388,11 +389,11 @@ def _run_recipes(args) -> int:
 def _run_config(args) -> int:
     import yaml
 
-    from raygan.config import Config, apply_overrides
+    from raygan.core.config import Config, apply_overrides
 
     overrides = _overrides(args)
     if args.data:
-        from raygan.train import resolve_config
+        from raygan.run.train import resolve_config
 
         config = resolve_config(args.data, overrides)
     else:
@@ -443,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_prepare(sub) -> None:
-    from raygan.data import add_prepare_arguments
+    from raygan.data.cli import add_prepare_arguments
 
     p = sub.add_parser(
         "prepare",
@@ -455,7 +456,7 @@ def _add_prepare(sub) -> None:
 
 
 def _run_prepare(args) -> int:
-    from raygan.data import run_prepare
+    from raygan.data.cli import run_prepare
 
     return run_prepare(args)
 
@@ -463,8 +464,9 @@ def _run_prepare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # the commands that sample or train in this process: see raygan.core.malloc
     if getattr(args, "verbose", False):
-        from raygan.console import set_verbose
+        from raygan.run.console import set_verbose
 
         set_verbose(True)
     try:

@@ -63,12 +63,12 @@ def corpus_path() -> Path:
 def run_demo(out: str, *, fresh: bool = True, log=print, smoke_test: bool = False) -> dict:
     """The pipeline into `out` (`smoke_test`: a few steps of each stage). Returns the run and
     search summaries and the generated sentences."""
-    from raygan.client import generate
-    from raygan.data import prepare_text
-    from raygan.ray_env import free_port
-    from raygan.serve import shutdown_server, start_server
-    from raygan.train import fit
-    from raygan.tune import run_tune
+    from raygan.data.prepare import prepare_text
+    from raygan.run.ray_env import free_port
+    from raygan.run.train import fit
+    from raygan.run.tune import run_tune
+    from raygan.serve.app import shutdown_server, start_server
+    from raygan.serve.client import generate
 
     root = Path(out).resolve()
     data, run, tune = root / "data", root / "run", root / "tune"

@@ -1,4 +1,4 @@
-"""Benchmark raygan.bleu against nltk on COCO captions (or seeded random sentences).
+"""Benchmark raygan.core.bleu against nltk on COCO captions (or seeded random sentences).
 
     python scripts/bench_bleu.py [--hypotheses 1000] [--references 10000] [--nltk-sample 20]
                                  [--out bench_out/bleu.json]
@@ -7,7 +7,7 @@ References: the first ``--references`` lines of the COCO test captions; hypothes
 ``--hypotheses`` lines of the COCO train captions (whitespace-tokenized), both from
 ``<repo>/../shared/data/image_coco``. Without that folder, seeded random sentences stand in.
 
-raygan.bleu is timed on all hypotheses (best of ``--repeats`` runs). nltk takes ~1 s per
+raygan.core.bleu is timed on all hypotheses (best of ``--repeats`` runs). nltk takes ~1 s per
 hypothesis against 10,000 references, so it is timed on ``--nltk-sample`` evenly spaced
 hypotheses and its per-hypothesis time is extrapolated to all of them. nltk is given its fastest
 form: one ``sentence_bleu`` call with the four weight tuples, which counts n-grams once for
@@ -34,7 +34,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from raygan.bleu import BleuReference, _self_bleu_scores, self_bleu  # noqa: E402
+from raygan.core.bleu import BleuReference, _self_bleu_scores, self_bleu  # noqa: E402
 
 COCO_DIR = REPO_ROOT.parent / "shared" / "data" / "image_coco"
 COCO_REFERENCES = COCO_DIR / "test" / "image_coco_test.txt"
@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--nltk-self-sample", type=int, default=20, help="sentences nltk Self-BLEU is timed on"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="raygan.bleu runs; best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="raygan.core.bleu runs; best is kept")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fallback data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/bleu.json"))
     parser.add_argument(
@@ -173,7 +173,7 @@ def markdown(result: dict) -> str:
     b, s = result["bleu"], result["self_bleu"]
     n_h, n_r = result["num_hypotheses"], result["num_references"]
     rows = [
-        "| metric | raygan.bleu | nltk (extrapolated) | nltk per sentence | speed-up | "
+        "| metric | raygan.core.bleu | nltk (extrapolated) | nltk per sentence | speed-up | "
         "max abs diff (sample) |",
         "|---|---|---|---|---|---|",
         f"| BLEU-2..5, {n_h} hyps x {n_r} refs | {b['ours_total_s']:.3f} s "
@@ -197,14 +197,14 @@ def markdown_section(result: dict) -> str:
     return (
         f"{result['markdown']}\n\nData: {result['data_source']}; {result['num_hypotheses']:,} "
         f"hypotheses, {result['num_references']:,} references. nltk: {result['nltk_timing']}; "
-        f"raygan.bleu: {result['ours_timing']}.\n\nCommand: `{result['command']}`"
+        f"raygan.core.bleu: {result['ours_timing']}.\n\nCommand: `{result['command']}`"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
-        from raygan.report import replace_section
+        from raygan.bench.markdown import replace_section
 
         replace_section(
             args.markdown, "bleu", markdown_section(json.loads(args.from_json.read_text()))
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"nltk is timed on {args.nltk_sample} (BLEU) and {args.nltk_self_sample} (Self-BLEU) "
         "evenly spaced sentences, one multi-weight sentence_bleu call each; its per-sentence "
-        f"time is extrapolated to all {len(hyps)}. raygan.bleu: best of {args.repeats} runs."
+        f"time is extrapolated to all {len(hyps)}. raygan.core.bleu: best of {args.repeats} runs."
     )
     result = {
         "command": shlex.join([sys.executable, *sys.argv]),
@@ -240,12 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(json.dumps({**result, "markdown": table}, indent=2) + "\n")
     print(f"wrote {args.out}")
     if args.markdown:
-        from raygan.report import replace_section
+        from raygan.bench.markdown import replace_section
 
         replace_section(args.markdown, "bleu", markdown_section({**result, "markdown": table}))
     worst = max(result["bleu"]["sample_max_abs_diff"], result["self_bleu"]["sample_max_abs_diff"])
     if worst > TOL:
-        print(f"MISMATCH: raygan.bleu and nltk differ by {worst:.3e} > {TOL}", file=sys.stderr)
+        print(f"MISMATCH: raygan.core.bleu and nltk differ by {worst:.3e} > {TOL}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,9 +7,9 @@
 Sizes (G embed = G hidden, D embed = D hidden):
   oracle  vocab 5000, length 20, G 32, D 64, batch 64 (SeqGAN's; raygan's defaults)
   large   vocab 32000, length 32, G 1024, D 1024, batch 256
-Each (size, step, precision) times raygan.gan's own step functions on bare models (no DDP, no Ray)
+Each (size, step, precision) times raygan.core.gan's own step functions on bare models (no DDP, no Ray)
 with synchronised CUDA clocks; bf16 is `torch.autocast("cuda", torch.bfloat16)`, what
-raygan.loop does with bf16=true (on CPU the loop ignores it, and so do the bf16 rows here).
+raygan.run.loop does with bf16=true (on CPU the loop ignores it, and so do the bf16 rows here).
 
 tokens/s = batch x length / step time. The ceiling is a measured large bf16 `torch.matmul`
 (TFLOP/s). Model FLOPs per step are counted analytically from the matmuls (`step_flops`): LSTM
@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 
-from raygan.config import GANConfig, ModelConfig
-from raygan.gan import adversarial_step, mle_step
-from raygan.models import Discriminator, Generator
-from raygan.report import replace_section
+from raygan.bench.markdown import replace_section
+from raygan.core.config import GANConfig, ModelConfig
+from raygan.core.gan import adversarial_step, mle_step
+from raygan.core.malloc import keep_freed_memory
+from raygan.core.models import Discriminator, Generator
 
 STEPS = ("mle", "gumbel")
 PRECISIONS = ("fp32", "bf16")
@@ -139,7 +140,7 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int) -> dict:
 
 
 def autocast(precision: str, device: torch.device):
-    """raygan.loop's rule: bf16 autocast on CUDA only."""
+    """raygan.run.loop's rule: bf16 autocast on CUDA only."""
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -191,7 +192,7 @@ def make_step(step: str, size: Size, device: torch.device):
 def bench_one(step: str, size: Size, precision: str, device: torch.device, ceiling: float) -> dict:
     row: dict = {"size": size.name, "step": step, "precision": precision}
     if precision == "bf16" and device.type != "cuda":
-        return {**row, "skipped": "bf16 autocast is CUDA-only (raygan.loop ignores it on CPU)"}
+        return {**row, "skipped": "bf16 autocast is CUDA-only (raygan.run.loop ignores it on CPU)"}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -310,6 +311,7 @@ def run(smoke: bool) -> dict:
 
 
 def main() -> int:
+    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--smoke-test", action="store_true", help="tiny sizes, seconds, CPU is fine"

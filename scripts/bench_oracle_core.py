@@ -1,4 +1,5 @@
-"""Oracle benchmark in one process (no Ray): MLE, then each estimator; JSON + a BENCHMARKS.md table.
+"""Oracle benchmark in one process (no Ray; raygan.run.loop.train_loop): MLE, then each estimator;
+JSON + a BENCHMARKS.md table.
 
     python scripts/bench_oracle_core.py --oracle-path ../shared/data/seqgan_oracle/target_params.npz \
         --json benchmarks/oracle_core.json
@@ -9,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import time
@@ -18,7 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raygan.evaluate import (  # noqa: E402
+from raygan.bench.harness import machine_line  # noqa: E402
+from raygan.bench.markdown import load_json, markdown_table, replace_section  # noqa: E402
+from raygan.core.malloc import keep_freed_memory  # noqa: E402
+from raygan.run.evaluate import (  # noqa: E402
     PUBLISHED,
     OracleBenchmark,
     add_oracle_arguments,
@@ -26,7 +29,6 @@ from raygan.evaluate import (  # noqa: E402
     run_oracle_benchmark,
     write_result,
 )
-from raygan.report import load_json, markdown_table, replace_section  # noqa: E402
 
 
 def oracle_section(result: dict) -> str:
@@ -43,10 +45,13 @@ def oracle_section(result: dict) -> str:
             f"batch {cfg['batch_size']}. The oracle scores its own held-out samples at "
             f"{result['oracle_own_nll']:.4f}.",
             "",
-            markdown_table(["phase", "NLL_oracle", "NLL_test", "wall s (phase)"], rows),
+            markdown_table(["phase", "NLL_oracle", "NLL_test", "train s (phase)"], rows),
             "",
             f"Published NLL_oracle on this oracle: {published} (SeqGAN paper Table 1; RelGAN's "
-            "table). MLE wall time is cumulative; each adversarial row counts its own phase.",
+            "table). Training seconds exclude evaluations; MLE's are cumulative, each adversarial row "
+            "counts its own phase (D pretraining included). Every phase is raygan.run.loop.train_loop "
+            "in one process; each estimator starts from the last MLE epoch with its recipe's GAN "
+            "settings.",
             "",
             f"Command: `{result['command']}` ({result['machine']}, {result['finished']}).",
         ]
@@ -54,6 +59,7 @@ def oracle_section(result: dict) -> str:
 
 
 def main() -> int:
+    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_oracle_arguments(parser, require_source=False)
     parser.add_argument("--json", default="benchmarks/oracle_core.json")
@@ -67,7 +73,7 @@ def main() -> int:
         return 0
     bench = benchmark_from_args(args)
     if args.smoke_test:
-        from raygan.config import ModelConfig
+        from raygan.core.config import ModelConfig
 
         bench = OracleBenchmark(
             num_train=512,
@@ -82,7 +88,7 @@ def main() -> int:
         )
     result = run_oracle_benchmark(bench)
     result["command"] = "python " + shlex.join(sys.argv)
-    result["machine"] = f"{platform.processor() or platform.machine()}, torch threads {_threads()}"
+    result["machine"] = machine_line()
     result["finished"] = time.strftime("%Y-%m-%d")
     write_result(result, args.json)
     print(f"wrote {args.json}")
@@ -90,12 +96,6 @@ def main() -> int:
         replace_section(args.markdown, "oracle-core", oracle_section(result))
         print(f"updated {args.markdown}")
     return 0
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class RssSampler(threading.Thread):
 
 
 def child_prepare(corpus: str, out: str) -> dict:
-    from raygan.data import prepare_text
+    from raygan.data.prepare import prepare_text
 
     sampler = RssSampler()
     sampler.start()
@@ -102,7 +102,7 @@ def child_prepare(corpus: str, out: str) -> dict:
 
 
 def child_read(out: str, batch: int, world_size: int, max_batches: int) -> dict:
-    from raygan.data import RankBatches
+    from raygan.data.read import RankBatches
 
     started = time.perf_counter()
     batches = RankBatches(out, batch_size_per_rank=batch, world_size=world_size, seed=0)
@@ -137,21 +137,6 @@ def run_child(*args: str) -> dict:
     if done.returncode:
         sys.exit(f"child {' '.join(args[:1])} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def machine() -> dict:
-    import platform
-
-    import pyarrow
-    import tokenizers
-
-    return {
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "tokenizers": tokenizers.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
 
 
 def table(results: list[dict]) -> str:
@@ -217,6 +202,8 @@ def main() -> None:
         print(f"peak RSS ratio largest/smallest input: {peaks[-1] / peaks[0]:.2f}", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(["scripts/bench_prepare.py", *sys.argv[1:]])
+    from raygan.bench.harness import machine
+
     report = {"command": command, "machine": machine(), "results": results}
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(table(results))
@@ -225,7 +212,7 @@ def main() -> None:
 
 
 def write_markdown(path: str, report: dict) -> None:
-    from raygan.report import replace_section
+    from raygan.bench.markdown import replace_section
 
     results = report["results"]
     peaks = [r["prepare"]["rss_peak_getrusage_mb"] for r in results]

@@ -8,7 +8,7 @@ oracle, time to quality, and COCO captions. JSON, PNG and a BENCHMARKS.md sectio
     python scripts/bench_quality.py --small --out /tmp/q                  # tiny, a few minutes
 
 Finished runs under --out are reused and unfinished ones resume, so an interrupted benchmark is
-continued by running the same command again. raygan/quality.py describes the protocol.
+continued by running the same command again. raygan/bench/quality.py describes the protocol.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raygan.checkpoint import atomic_write_text  # noqa: E402
-from raygan.config import parse_key_values  # noqa: E402
-from raygan.errors import RayganError  # noqa: E402
-from raygan.quality import QualityPlan, run_quality, trainer_settings  # noqa: E402
-from raygan.quality_report import markdown, plot  # noqa: E402
-from raygan.report import load_json, replace_section  # noqa: E402
+from raygan.bench.markdown import load_json, replace_section  # noqa: E402
+from raygan.bench.quality import QualityPlan, placement_settings, run_quality  # noqa: E402
+from raygan.bench.quality_report import markdown, plot  # noqa: E402
+from raygan.core.config import parse_key_values  # noqa: E402
+from raygan.core.errors import RayganError  # noqa: E402
+from raygan.core.malloc import keep_freed_memory  # noqa: E402
+from raygan.run.checkpoint import atomic_write_text  # noqa: E402
 
 SECTION = "quality"
 # The small mode: a tiny random oracle and model, a handful of steps of every recipe; it checks
@@ -71,6 +72,7 @@ SMALL = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench_out/quality", help="working directory (data and runs)")
     p.add_argument(
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2
     result["command"] = "python " + shlex.join(["scripts/bench_quality.py", *sys.argv[1:]])
-    result["machine"] = _machine(trainer_settings(plan.train_overrides).use_gpu)
+    result["machine"] = _machine(placement_settings(plan.train_overrides).use_gpu)
     result["finished"] = time.strftime("%Y-%m-%d")
     # the image link of the BENCHMARKS.md section, which sits at the repository's root
     result["plot"] = os.path.relpath(Path(args.png).resolve(), ROOT)
@@ -168,7 +170,7 @@ def _plan(args) -> QualityPlan:
             small["seeds"] = seeds
         plan = dataclasses.replace(plan, **small)
     settings = {**plan.train_overrides, **parse_key_values(args.set)}
-    trainer_settings(settings)  # a key or value `raygan train` would refuse fails here, not later
+    placement_settings(settings)  # a key or value `raygan train` would refuse fails here, not later
     return dataclasses.replace(plan, train_overrides=settings)
 
 

@@ -30,7 +30,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -43,8 +42,9 @@ from pathlib import Path
 
 import torch
 
-from raygan.ray_env import free_port, ray_environment
-from raygan.report import markdown_table, replace_section
+from raygan.bench.harness import machine
+from raygan.bench.markdown import markdown_table, replace_section
+from raygan.run.ray_env import free_port, ray_environment
 
 BATCHED, UNBATCHED, ECHO, LOADED = "batched", "unbatched", "echo", "loaded"
 LOGGING = {"enable_access_log": False, "log_level": "WARNING"}
@@ -84,10 +84,10 @@ OVERLOADED = "overloaded"
 # -- a checkpoint at serving sizes ----------------------------------------------------------------
 def make_checkpoint(work: Path, s: Sizes) -> str:
     """A few MLE steps of G on a random oracle's samples, saved as a real checkpoint."""
-    from raygan.checkpoint import copy_checkpoint
-    from raygan.data import prepare_oracle
-    from raygan.loop import WorkerContext, train_loop
-    from raygan.train import resolve_config
+    from raygan.data.prepare import prepare_oracle
+    from raygan.run.checkpoint import copy_checkpoint
+    from raygan.run.loop import WorkerContext, train_loop
+    from raygan.run.train import resolve_config
 
     data = work / "data"
     prepare_oracle(str(data), oracle="random", num_samples=640, num_test=64, vocab_size=s.vocab,
@@ -168,7 +168,7 @@ def summarize(latencies, batch_sizes, failures, wall, concurrency) -> dict:
 # -- what batching can gain, and what HTTP costs ---------------------------------------------------
 def bench_compute(checkpoint: str, s: Sizes, reps: int = 10) -> dict:
     """Sampling alone, in this process (1 thread): one request vs a full batch of them."""
-    from raygan.sampling import SampleRequest, load_model, sample_batch
+    from raygan.serve.sampling import SampleRequest, load_model, sample_batch
 
     model = load_model(checkpoint)
     batch = [SampleRequest(num=1, max_tokens=s.max_len, seed=i) for i in range(s.max_batch_size)]
@@ -206,7 +206,7 @@ def echo_app():
 def deploy(name: str, checkpoint: str, *, replicas: int, max_batch_size: int) -> dict:
     from ray import serve
 
-    from raygan.serve import build_app
+    from raygan.serve.app import build_app
 
     # num_cpus 0.5: two apps and a replacement replica fit the 2 logical CPUs
     app = build_app(checkpoint, replicas=replicas, num_cpus=0.5, max_batch_size=max_batch_size)
@@ -272,24 +272,12 @@ def kill_during_load(base: str, s: Sizes) -> dict:
 
 
 # -- the run --------------------------------------------------------------------------------------
-def machine() -> dict:
-    import ray
-
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")), platform.processor(),
-    )  # fmt: skip
-    return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "ray": ray.__version__}  # fmt: skip
-
-
 def start_serve(proxy: str) -> str:
     """A fresh local Ray whose Serve takes HTTP through `proxy`; returns the base URL."""
     import ray
     from ray import serve
 
-    from raygan.ray_env import PROXY_VAR, serve_proxy_environment
+    from raygan.run.ray_env import PROXY_VAR, serve_proxy_environment
 
     for var in [v for v in os.environ if v.startswith("RAY_SERVE_")]:
         del os.environ[var]  # each Ray gets the variables of its own proxy
@@ -493,7 +481,7 @@ def report_text(result: dict) -> str:
         f"HAProxy vs {echo['python']:,.0f} through Serve's Python proxy at concurrency {top} "
         f"({echo['haproxy'] / echo['python']:.1f}x). `python` rows: RAYGAN_SERVE_PROXY=python; "
         "`haproxy` rows: the default, RAY_SERVE_ENABLE_HA_PROXY=1 and "
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (raygan.ray_env). `client CPU`: the CPU time of the "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (raygan.run.ray_env). `client CPU`: the CPU time of the "
         "load-generating process (aiohttp) over the cell's wall time, as a share of one CPU. "
         "The estimated ceiling of batched serving adds, per request, the HTTP path's cost (1 / "
         "the `HTTP only` rate) and a full batch's sampling cost per request: what batching "

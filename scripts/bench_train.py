@@ -34,11 +34,9 @@ import itertools
 import json
 import multiprocessing
 import os
-import platform
 import shlex
 import shutil
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -50,21 +48,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raygan.config import GANConfig, ModelConfig
-from raygan.data import RankBatches, prepare_oracle, read_split
-from raygan.gan import adversarial_step, g_step, mle_step
-from raygan.loop import PHASES
-from raygan.metrics import nll_oracle
-from raygan.models import (
-    SAMPLE_CHUNK_ROWS,
-    Discriminator,
-    Generator,
-    Oracle,
-    sample_categorical,
-)
-from raygan.ray_env import ray_environment
-from raygan.report import replace_section
-from raygan.train import fit  # imported up front: one snapshot of raygan for the whole run
+from raygan.bench.harness import machine
+from raygan.bench.markdown import replace_section
+from raygan.core.config import GANConfig, ModelConfig
+from raygan.core.gan import adversarial_step, g_step, mle_step
+from raygan.core.malloc import keep_freed_memory
+from raygan.core.metrics import nll_oracle
+from raygan.core.models import Discriminator, Generator, Oracle
+from raygan.core.sampler import SAMPLE_CHUNK_ROWS, sample_categorical
+from raygan.data.prepare import prepare_oracle
+from raygan.data.read import RankBatches, read_split
+from raygan.run.events import iter_events
+from raygan.run.loop import PHASES
+from raygan.run.ray_env import ray_environment
+from raygan.run.train import fit  # imported up front: one snapshot of raygan for the whole run
 
 SEQGAN_ORACLE = (
     Path(__file__).resolve().parents[1].parent / "shared/data/seqgan_oracle/target_params.npz"
@@ -218,7 +215,7 @@ def model_config(s: Sizes) -> ModelConfig:
 def _step_loop(s: Sizes, kind: str, batch: int, steps: int, barrier, queue, ddp=None) -> None:
     """A spawned process: `steps` raygan MLE or Gumbel adversarial steps at 1 thread, timed once
     every process is ready; `ddp=(rank, world, port)` wraps G and D in gloo DDP first, as
-    raygan.train.prepare_ddp does on a Ray Train worker."""
+    raygan.run.train.prepare_ddp does on a Ray Train worker."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     gen, disc = Generator(model_config(s)), Discriminator(model_config(s))
@@ -262,7 +259,7 @@ def bench_two_processes(s: Sizes, rounds: int = 3) -> dict:
     pair over tokens/s alone is the most any 2-worker data-parallel run can gain here. `ddp`:
     the pair of B rows each under gloo DDP (what the gradient all-reduce and the lock-step
     cost). Medians over `rounds`, the setups interleaved."""
-    from raygan.ray_env import free_port
+    from raygan.run.ray_env import free_port
 
     ctx = multiprocessing.get_context("spawn")
     setups = {
@@ -500,18 +497,8 @@ def profile_rollout_g_step(b: Bench, top: int = 8) -> dict:
 
 # -- 3. Ray Train -------------------------------------------------------------------------------
 def read_tb_scalars(tb_dir: Path) -> list[tuple[float, int, str]]:
-    """(wall_time, step, tag) of every scalar in the TFRecord event files under `tb_dir`."""
-    from tensorboardX.proto import event_pb2
-
-    out = []
-    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
-        data, pos = path.read_bytes(), 0
-        while pos + 12 <= len(data):  # record: u64 length, u32 crc, payload, u32 crc
-            (length,) = struct.unpack_from("<Q", data, pos)
-            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
-            pos += 12 + length + 4
-            out.extend((event.wall_time, event.step, v.tag) for v in event.summary.value)
-    return out
+    """(wall_time, step, tag) of every scalar in the TensorBoard event files under `tb_dir`."""
+    return [(e.wall_time, e.step, v.tag) for e in iter_events(tb_dir) for v in e.summary.value]
 
 
 def phase_step_times(tb_dir: Path) -> dict:
@@ -880,21 +867,6 @@ def ratio_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict:
-    import ray
-
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")), platform.processor(),
-    )  # fmt: skip
-    return {
-        "cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-    }  # fmt: skip
-
-
 def run(args: argparse.Namespace, s: Sizes, work: Path) -> dict:
     result: dict = {"command": "python " + shlex.join(sys.argv), "sizes": dataclasses.asdict(s)}
     result["machine"] = machine()
@@ -977,6 +949,7 @@ def report_text(result: dict) -> str:
 
 
 def main() -> int:
+    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/train.json"))
     parser.add_argument(

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch
 
-from raygan.checkpoint import copy_checkpoint
-from raygan.data import prepare_oracle
-from raygan.loop import WorkerContext, train_loop
-from raygan.report import markdown_table, replace_section
-from raygan.train import resolve_config
-from raygan.tune import run_tune
+from raygan.bench.markdown import markdown_table, replace_section
+from raygan.data.prepare import prepare_oracle
+from raygan.run.checkpoint import copy_checkpoint
+from raygan.run.loop import RunSpec, WorkerContext, train_loop
+from raygan.run.train import resolve_config
+from raygan.run.tune import run_tune
 
 REPO = Path(__file__).resolve().parents[1]
 SEQGAN_ORACLE = REPO.parent / "shared/data/seqgan_oracle/target_params.npz"
@@ -101,7 +101,7 @@ def pretrain(s: Sizes, data: str, work: Path) -> dict:
 
     started = time.perf_counter()
     train_loop(
-        {"config": config.to_dict(), "data_dir": data, "run_dir": None},
+        RunSpec(config=config, data_dir=data, run_dir=None),
         WorkerContext(report=report),
     )
     return {"checkpoint": str(out), "nll_oracle": last["nll_oracle"], "mle_steps": mle_steps,
@@ -154,7 +154,7 @@ def arm(name: str, space: str, data: str, work: Path, overrides: dict) -> dict:
 def run(s: Sizes, work: Path, smoke: bool) -> dict:
     import ray
 
-    from raygan.ray_env import ray_environment
+    from raygan.run.ray_env import ray_environment
 
     torch.set_num_threads(1)
     data, oracle = prepare(s, work, smoke)

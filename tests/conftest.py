@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raygan.config import GANConfig, ModelConfig
+from raygan.core.config import GANConfig, ModelConfig
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -69,7 +69,7 @@ def ray_cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from raygan.ray_env import ray_environment
+    from raygan.run.ray_env import ray_environment
 
     ray_environment()
     # Unix socket paths must stay short: a fresh dir under /tmp, not pytest's deep tmp path.
@@ -89,7 +89,7 @@ def ray_cluster(tmp_path_factory):
 @pytest.fixture(scope="session")
 def oracle_data(tmp_path_factory) -> str:
     """A tiny random-oracle corpus: vocab 30, length 8, 256 training and 64 held-out rows."""
-    from raygan.data import prepare_oracle
+    from raygan.data.prepare import prepare_oracle
 
     out = tmp_path_factory.mktemp("oracle") / "data"
     prepare_oracle(
@@ -116,7 +116,7 @@ TINY_WORDS = ("a", "man", "woman", "dog", "cat", "sits", "on", "the", "red", "bl
 
 def prepare_tiny_text(root: Path, *, num_lines: int, max_len: int = 10) -> str:
     """A seeded corpus of 3-8 word sentences from TINY_WORDS, prepared under root/data."""
-    from raygan.data import prepare_text
+    from raygan.data.prepare import prepare_text
 
     rng = torch.Generator().manual_seed(0)
     lines = [

@@ -1,4 +1,4 @@
-"""raygan.bleu against nltk's sentence_bleu (method1 smoothing), the definition it replaces."""
+"""raygan.core.bleu against nltk's sentence_bleu (method1 smoothing), the definition it replaces."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-from raygan.bleu import BleuReference, bleu, self_bleu
+from raygan.core.bleu import BleuReference, bleu, self_bleu
 
 TOL = 1e-9
 ORDERS = (1, 2, 3, 4, 5)

@@ -10,9 +10,16 @@ import pytest
 import ray.train
 import torch
 
-from raygan.checkpoint import META_FILE, STATE_FILE, load_checkpoint, save_checkpoint
-from raygan.errors import RayganError
-from raygan.train import _usable_checkpoint, resolve_config
+from raygan.core.config import Config
+from raygan.core.errors import RayganError
+from raygan.run.checkpoint import (
+    CONFIG_FILE,
+    META_FILE,
+    STATE_FILE,
+    load_checkpoint,
+    save_checkpoint,
+)
+from raygan.run.train import _usable_checkpoint, resolve_config
 from tests.conftest import TINY_TRAIN
 
 
@@ -42,6 +49,19 @@ def test_checkpoint_without_checksum_still_loads(oracle_data, tmp_path):
     del meta["state_sha256"]
     (directory / META_FILE).write_text(json.dumps(meta))
     assert load_checkpoint(directory)[0]["step"] == 3
+
+
+def test_checkpoint_from_before_the_placement_section_still_loads(oracle_data, tmp_path):
+    """Ray placement keys (num_workers, use_gpu, ...) once sat in the trainer section; a config
+    written then reads them into placement."""
+    directory = _save(tmp_path / "c", oracle_data, 3)
+    saved = json.loads((directory / CONFIG_FILE).read_text())
+    saved["trainer"].update(saved.pop("placement"), num_workers=5)
+    (directory / CONFIG_FILE).write_text(json.dumps(saved))
+    _, config, _ = load_checkpoint(directory)
+    assert config.placement.num_workers == 5 and "num_workers" not in config.to_dict()["trainer"]
+    with pytest.raises(RayganError, match=r"schedule\.num_workers"):
+        Config.from_dict({"schedule": {"num_workers": 5}})  # only the old home is accepted
 
 
 def test_failed_write_leaves_the_previous_checkpoint_intact(oracle_data, tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raygan.cli import build_parser, load_yaml_overrides, main
-from raygan.config import Config
-from raygan.errors import RayganError
+from raygan.core.config import Config
+from raygan.core.errors import RayganError
 
 
 def test_config_yaml_round_trips(tmp_path, capsys):

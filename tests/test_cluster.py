@@ -169,12 +169,12 @@ def test_kuberay_manifest_has_the_required_fields(path):
 
 
 def test_rayjob_trains_on_as_many_gpus_as_it_asks_for():
-    from raygan.config import Config, apply_overrides
+    from raygan.core.config import Config, apply_overrides
 
     manifest = _load(REPO / "cluster" / "kuberay-rayjob.yaml")
     args = _parse(manifest["spec"]["entrypoint"])
     assert args.command == "train"
-    trainer = apply_overrides(Config(), args.overrides).trainer
+    trainer = apply_overrides(Config(), args.overrides).placement
     gpus = sum(
         group["replicas"] * int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
         for group in _cluster_spec(manifest)["workerGroupSpecs"]
@@ -200,7 +200,7 @@ def serve_key_errors(config: dict) -> list[str]:
 
 
 def serve_args_fields() -> set[str]:
-    """raygan.serve.ServeArgs' fields, read from the source (importing Serve costs seconds)."""
+    """raygan.serve.app.ServeArgs' fields, read from the source (importing Serve costs seconds)."""
     tree = ast.parse((REPO / "raygan" / "serve.py").read_text())
     [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ServeArgs"]
     return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)} - {"model_config"}
@@ -219,7 +219,7 @@ def test_rayservice_serve_config_validates():
     ServeDeploySchema.model_validate(config)
     assert serve_key_errors(config) == []
     [app] = config["applications"]
-    assert app["import_path"] == "raygan.serve:app_builder"
+    assert app["import_path"] == "raygan.serve.app:app_builder"
     assert "checkpoint" in app["args"] and set(app["args"]) <= serve_args_fields()
 
 
@@ -293,8 +293,8 @@ QUOTING = CLUSTER + DOCS
 
 @pytest.mark.parametrize("path", QUOTING, ids=_ids(QUOTING))
 def test_quoted_raygan_commands_parse(path, capsys):
-    from raygan.config import Config, apply_overrides
-    from raygan.errors import RayganError
+    from raygan.core.config import Config, apply_overrides
+    from raygan.core.errors import RayganError
 
     failures = []
     for command in quoted_commands(path):

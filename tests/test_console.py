@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_TRAIN, TINY_WORDS, prepare_tiny_text
 
 from raygan.cli import main
-from raygan.train import fit
+from raygan.run.train import fit
 
 PROGRESS = re.compile(r"\d+/\d+ \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(step/s|s/step)")
 
@@ -112,7 +112,7 @@ def test_report_marks_early_stops_and_reads_a_run_again(gumbel_text_run, tmp_pat
     """`raygan report` on a copy of the run whose summary records an early stop."""
     import shutil
 
-    from raygan.report import read_events
+    from raygan.run.events import read_events
 
     run_dir, _ = gumbel_text_run
     copy = tmp_path / "run"
@@ -136,7 +136,7 @@ def test_report_of_a_directory_that_is_neither_is_one_line(tmp_path, capsys):
 
 
 def test_verbose_flag_is_read_by_every_command(monkeypatch, tmp_path):
-    from raygan.console import VERBOSE_VAR, verbose
+    from raygan.run.console import VERBOSE_VAR, verbose
 
     monkeypatch.delenv(VERBOSE_VAR, raising=False)
     assert not verbose()

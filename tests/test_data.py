@@ -1,4 +1,4 @@
-"""raygan.data and raygan.tokenizer: prepare -> shards -> read back, on tiny corpora (no Ray)."""
+"""raygan.data and raygan.data.tokenizer: prepare -> shards -> read back, on tiny corpora (no Ray)."""
 
 from __future__ import annotations
 
@@ -15,28 +15,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raygan import data
-from raygan.config import ModelConfig
-from raygan.data import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
+from raygan.core.config import ModelConfig
+from raygan.core.errors import RayganError
+from raygan.core.models import Oracle
+from raygan.data import prepare as data
+from raygan.data.cli import add_prepare_arguments, run_prepare
+from raygan.data.prepare import prepare_oracle, prepare_text
+from raygan.data.read import (
     RankBatches,
-    add_prepare_arguments,
     load_codec,
     load_manifest,
     load_oracle,
     model_config_kwargs,
-    prepare_oracle,
-    prepare_text,
     read_split,
-    run_prepare,
     verify,
 )
-from raygan.errors import RayganError
-from raygan.models import Oracle
-from raygan.tokenizer import build_tokenizer
+from raygan.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, build_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data"
 COCO_TRAIN = SHARED / "image_coco/train/image_coco.txt"

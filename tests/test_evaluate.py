@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from raygan.config import ModelConfig
-from raygan.evaluate import OracleBenchmark, run_oracle_benchmark, write_result
-from raygan.report import replace_section
+from raygan.bench.markdown import replace_section
+from raygan.core.config import ModelConfig
+from raygan.run.evaluate import OracleBenchmark, run_oracle_benchmark, write_result
 
 
 def test_small_oracle_benchmark_runs_every_phase(tmp_path):

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from raygan.frontier import curve_at, dominated, frontier_distance, pareto_front
-from raygan.metrics import d_accuracy_key, heldout_d_accuracy, pairwise_accuracy
-from raygan.models import Discriminator
+from raygan.core.frontier import curve_at, dominated, frontier_distance, pareto_front
+from raygan.core.metrics import d_accuracy_key, heldout_d_accuracy, pairwise_accuracy
+from raygan.core.models import Discriminator
 from tests.conftest import TINY
 
 # (NLL_test, NLL_oracle) of an MLE at T = 0.8, 0.9, 1.0, 1.1, 1.2: NLL_test is lowest at 1.1, so

@@ -8,9 +8,9 @@ import itertools
 import pytest
 import torch
 
-from raygan.config import GANConfig
-from raygan.errors import RayganError
-from raygan.gan import (
+from raygan.core.config import GANConfig
+from raygan.core.errors import RayganError
+from raygan.core.gan import (
     FakePool,
     adversarial_step,
     d_step,
@@ -21,9 +21,10 @@ from raygan.gan import (
     rollout_rewards,
     without_dropout,
 )
-from raygan.losses import d_loss, g_loss
-from raygan.metrics import nll_test, sample_tokens
-from raygan.models import Discriminator, Generator, Oracle, RowStreams
+from raygan.core.losses import d_loss, g_loss
+from raygan.core.metrics import nll_test, sample_tokens
+from raygan.core.models import Discriminator, Generator, Oracle
+from raygan.core.sampler import RowStreams
 from tests.conftest import TINY
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from raygan.config import Config, GANConfig, apply_overrides
-from raygan.gan import adversarial_step, mle_step
-from raygan.models import Discriminator, Generator, sample_categorical
+from raygan.core.config import Config, GANConfig, apply_overrides
+from raygan.core.gan import adversarial_step, mle_step
+from raygan.core.models import Discriminator, Generator
+from raygan.core.sampler import sample_categorical
 from tests.conftest import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_benchmark_flop_count_matches_torch(step):
 
 
 def test_use_gpu_selects_nccl_and_one_gpu_per_worker(tmp_path):
-    from raygan.train import make_trainer
+    from raygan.run.train import make_trainer
 
     for use_gpu, backend in ((True, "nccl"), (False, "gloo")):
         config = apply_overrides(Config(), {"use_gpu": use_gpu, "num_workers": 2})
@@ -90,18 +91,18 @@ def test_use_gpu_selects_nccl_and_one_gpu_per_worker(tmp_path):
 def test_one_worker_run_trains_on_the_gpu(oracle_data, tmp_path):
     """The per-worker loop at world size 1 with the worker's device set to CUDA (what Ray Train
     hands it with use_gpu=true): both models and every batch live there, bf16 autocast on."""
-    from raygan.loop import BatchStream, WorkerContext, train_loop
-    from raygan.train import resolve_config
+    from raygan.run.loop import BatchStream, RunSpec, WorkerContext, train_loop
+    from raygan.run.train import resolve_config
 
     placed = []
 
-    def prepare(model):  # stands in for raygan.train.prepare_ddp
+    def prepare(model):  # stands in for raygan.run.train.prepare_ddp
         placed.append({p.device.type for p in model.parameters()})
         return model
 
     overrides = {**TINY_TRAIN, "num_workers": 1, "use_gpu": True, "bf16": True}
     config = resolve_config(oracle_data, overrides)
-    run = {"config": config.to_dict(), "data_dir": oracle_data, "run_dir": str(tmp_path / "run")}
+    run = RunSpec(config=config, data_dir=oracle_data, run_dir=str(tmp_path / "run"))
     summary = train_loop(run, WorkerContext(device=CUDA, prepare_model=prepare))
     assert placed == [{"cuda"}, {"cuda"}]  # G, then D
     assert summary["steps"] == config.schedule.total_steps
@@ -114,7 +115,7 @@ def test_one_worker_run_trains_on_the_gpu(oracle_data, tmp_path):
 @pytest.mark.gpu
 @needs_cuda
 def test_bf16_autocast_steps_are_finite(tiny_cfg):
-    from raygan.loop import _autocast
+    from raygan.run.loop import _autocast
 
     config = apply_overrides(Config(), {"bf16": True})
     torch.manual_seed(0)

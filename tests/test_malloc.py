@@ -1,4 +1,4 @@
-"""raygan.malloc: glibc keeps freed tensor memory in its heap instead of mapping fresh pages."""
+"""raygan.core.malloc: glibc keeps freed tensor memory in its heap instead of mapping fresh pages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 PROGRAM = textwrap.dedent(
     """
     import ctypes, torch
-    from raygan.malloc import keep_freed_memory
+    from raygan.core.malloc import keep_freed_memory
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
                     "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -50,9 +50,9 @@ def test_the_users_own_malloc_setting_wins():
 
 def test_ray_train_workers_allocate_from_the_main_heap(monkeypatch):
     """The trainer starts its workers with MALLOC_ARENA_MAX=1 unless the user chose otherwise."""
-    from raygan.config import Config
-    from raygan.malloc import OPT_OUT
-    from raygan.train import make_trainer
+    from raygan.core.config import Config
+    from raygan.core.malloc import OPT_OUT
+    from raygan.run.train import make_trainer
 
     def worker_env_vars() -> dict:
         trainer = make_trainer({}, Config(), storage_path="/tmp/raygan-unused", name="x")

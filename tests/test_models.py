@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raygan.config import ModelConfig
-from raygan.errors import RayganError
-from raygan.metrics import mean_token_nll, sample_tokens
-from raygan.models import Discriminator, Generator, Oracle, filter_logits, sample_categorical
+from raygan.core import sampler
+from raygan.core.config import ModelConfig
+from raygan.core.errors import RayganError
+from raygan.core.metrics import mean_token_nll, sample_tokens
+from raygan.core.models import Discriminator, Generator, Oracle
+from raygan.core.sampler import filter_logits, sample_categorical
 from tests.conftest import TINY, TINY_TEXT, seqgan_oracle_path
 
 
@@ -218,7 +220,7 @@ def test_model_config_default_is_seqgan_size():
 
 def test_row_streams_split_a_batch_like_data_parallel_workers(tiny_cfg):
     """One process drawing 2B rows from streams [s0, s1] equals two workers drawing B from each."""
-    from raygan.models import RowStreams
+    from raygan.core.sampler import RowStreams
 
     gen = Generator(dataclasses.replace(tiny_cfg, z_dim=3))
     streams = lambda *seeds: RowStreams([torch.Generator().manual_seed(s) for s in seeds])  # noqa: E731
@@ -233,7 +235,7 @@ def test_row_streams_split_a_batch_like_data_parallel_workers(tiny_cfg):
 
 
 def test_row_streams_split_rollouts_like_data_parallel_workers():
-    from raygan.models import RowStreams
+    from raygan.core.sampler import RowStreams
 
     gen = Generator(TINY)
     tokens_BT = gen.sample(8, generator=torch.Generator().manual_seed(0)).tokens_BT
@@ -250,7 +252,7 @@ def test_row_streams_split_rollouts_like_data_parallel_workers():
 def test_rand_steps_draws_what_successive_row_draws_would(streams):
     """`sample` draws a pass's uniforms at once: it relies on a (steps, n) draw being the next
     steps*n numbers of each stream in order, as `steps` draws of n are."""
-    from raygan.models import RowStreams, rand_rows, rand_steps
+    from raygan.core.sampler import RowStreams, rand_rows, rand_steps
 
     def rng():
         if streams is None:
@@ -267,10 +269,10 @@ def test_hand_written_lstm_cell_matches_nn_lstm(tiny_cfg):
     gen = Generator(dataclasses.replace(tiny_cfg, z_dim=3, g_layers=2))
     tokens_B, z_BZ = torch.tensor([1, 4, 2]), torch.randn(3, 3)
     with torch.no_grad():
-        weights, ours, theirs = gen._cell_weights(), None, None
+        weights, ours, theirs = sampler.cell_weights(gen), None, None
         for _ in range(4):
-            ours = gen._cell_advance(weights, tokens_B, z_BZ, ours)
-            theirs = gen._advance(tokens_B, z_BZ, theirs)
+            ours = sampler.cell_advance(gen, weights, tokens_B, z_BZ, ours)
+            theirs = gen.advance(tokens_B, z_BZ, theirs)
             for a, b in zip(ours, theirs, strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -278,14 +280,12 @@ def test_hand_written_lstm_cell_matches_nn_lstm(tiny_cfg):
 def test_large_samples_take_nn_lstm_and_agree_with_the_cell(tiny_cfg, monkeypatch):
     """Up to CELL_MAX_ROWS rows `sample` steps the hand-written cell, beyond it nn.LSTM: the same
     seed gives the same tokens either way."""
-    import raygan.models as models
-
     gen = Generator(tiny_cfg)
     calls = []
     gen.lstm.register_forward_hook(lambda *_: calls.append(1))
     cell = gen.sample(64, generator=torch.Generator().manual_seed(9)).tokens_BT
     assert not calls
-    monkeypatch.setattr(models, "CELL_MAX_ROWS", 8)
+    monkeypatch.setattr(sampler, "CELL_MAX_ROWS", 8)
     lstm = gen.sample(64, generator=torch.Generator().manual_seed(9)).tokens_BT
     assert len(calls) == tiny_cfg.max_len
     assert torch.equal(cell, lstm)

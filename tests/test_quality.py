@@ -15,14 +15,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raygan.errors import RayganError
-from raygan.frontier import frontier_distance
-from raygan.metrics import mean_token_nll
-from raygan.models import Generator
-from raygan.quality import QualityPlan, beats, fed_model_path, finite, frechet_distance, mean_std
-from raygan.quality_oracle import first_reach, time_curve
-from raygan.quality_report import markdown
-from raygan.report import read_scalars
+from raygan.bench.quality import (
+    QualityPlan,
+    beats,
+    fed_model_path,
+    finite,
+    frechet_distance,
+    mean_std,
+)
+from raygan.bench.quality_oracle import first_reach, time_curve
+from raygan.bench.quality_report import markdown
+from raygan.core.errors import RayganError
+from raygan.core.frontier import frontier_distance
+from raygan.core.metrics import mean_token_nll
+from raygan.core.models import Generator
+from raygan.run.events import read_scalars
 from tests.conftest import TINY, TINY_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from raygan import ray_env
 from raygan.cli import main as cli_main
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
+from raygan.run import ray_env
 
 
 @pytest.fixture

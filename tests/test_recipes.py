@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from raygan.cli import main
-from raygan.config import Config, apply_overrides, load_recipe, recipe_names, recipe_summary
-from raygan.errors import RayganError
+from raygan.core.config import Config, apply_overrides, load_recipe, recipe_names, recipe_summary
+from raygan.core.errors import RayganError
 
 PAPERS = {"seqgan", "relgan", "scratchgan"}
 
@@ -61,7 +61,7 @@ def test_recipes_command_prints_one_line_each(capsys):
 
 
 def test_a_tune_space_can_start_from_a_recipe(oracle_data, tmp_path):
-    from raygan.tune_space import load_space
+    from raygan.run.tune_space import load_space
 
     space = tmp_path / "space.yaml"
     space.write_text(

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raygan.checkpoint import copy_checkpoint
 from raygan.cli import main as cli_main
-from raygan.errors import RayganError
-from raygan.models import Generator
-from raygan.ray_env import free_port, haproxy_available
-from raygan.sampling import SampleRequest, ServedModel, load_model, sample_batch
+from raygan.core.errors import RayganError
+from raygan.core.models import Generator
+from raygan.run.checkpoint import copy_checkpoint
+from raygan.run.ray_env import free_port, haproxy_available
+from raygan.serve.sampling import SampleRequest, ServedModel, load_model, sample_batch
 from tests.conftest import TINY_TRAIN, TINY_WORDS, prepare_tiny_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +35,8 @@ MAX_LEN = 10
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> tuple[str, str]:
     """Two checkpoints (steps 2 and 4) of a tiny generator on a text corpus, trained in-process."""
-    from raygan.loop import WorkerContext, train_loop
-    from raygan.train import resolve_config
+    from raygan.run.loop import RunSpec, WorkerContext, train_loop
+    from raygan.run.train import resolve_config
 
     root = tmp_path_factory.mktemp("serve")
     data = prepare_tiny_text(root, num_lines=200, max_len=MAX_LEN)
@@ -48,7 +48,7 @@ def checkpoints(tmp_path_factory) -> tuple[str, str]:
     def report(metrics, directory):
         saved[metrics["step"]] = str(copy_checkpoint(directory, root / f"step{metrics['step']}"))
 
-    train_loop({"config": config.to_dict(), "data_dir": data, "run_dir": None},
+    train_loop(RunSpec(config=config, data_dir=data, run_dir=None),
                WorkerContext(report=report))  # fmt: skip
     return saved[2], saved[4]
 
@@ -102,13 +102,13 @@ def test_a_checkpoint_uri_stays_a_uri(checkpoints):
 def test_serve_config_validates_offline():
     from ray.serve.schema import ServeDeploySchema
 
-    from raygan.serve import GeneratorServer, ServeArgs
+    from raygan.serve.app import GeneratorServer, ServeArgs
 
     config = yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())
     schema = ServeDeploySchema.model_validate(config)
     assert schema.http_options.host == "127.0.0.1"
     [app] = schema.applications
-    assert app.import_path == "raygan.serve:app_builder"
+    assert app.import_path == "raygan.serve.app:app_builder"
     args = ServeArgs.model_validate(app.args)  # every arg is one the builder takes
     [deployment] = app.deployments
     assert deployment.name == GeneratorServer.name
@@ -120,9 +120,9 @@ def test_app_builder_takes_serve_run_arguments(checkpoints):
     from pydantic import ValidationError
     from ray.serve import Application
 
-    from raygan.serve import app_builder
+    from raygan.serve.app import app_builder
 
-    # `serve run raygan.serve:app_builder checkpoint=... replicas=1` passes strings
+    # `serve run raygan.serve.app:app_builder checkpoint=... replicas=1` passes strings
     app = app_builder({"checkpoint": checkpoints[0], "replicas": "1", "num_cpus": "0.5"})
     assert isinstance(app, Application)
     with pytest.raises(ValidationError, match="max_batch_size"):
@@ -132,7 +132,7 @@ def test_app_builder_takes_serve_run_arguments(checkpoints):
 
 
 def test_bad_checkpoint_fails_before_serve_starts(monkeypatch, capsys):
-    from raygan import serve as raygan_serve
+    from raygan.serve import app as raygan_serve
 
     def refuse(*args, **kwargs):
         raise AssertionError("Serve was started for a checkpoint that does not load")
@@ -161,7 +161,7 @@ SERVE_OPTIONS = {"replicas": 1, "num_cpus": 0.5, "batch_wait_timeout_s": 0.05}  
 
 @pytest.fixture(scope="module")
 def server(ray_cluster, checkpoints):
-    from raygan.serve import shutdown_server, start_server
+    from raygan.serve.app import shutdown_server, start_server
 
     started = time.monotonic()
     url = start_server(checkpoints[0], port=free_port(), **SERVE_OPTIONS)
@@ -249,7 +249,7 @@ def test_batched_request_equals_the_same_request_alone(server, checkpoints, caps
 
 
 def test_the_routed_seed_header_seeds_a_request_without_one(server):
-    """What HAProxy sets before routing (raygan.ray_env.SEED_HEADER) is the seed of a request
+    """What HAProxy sets before routing (raygan.run.ray_env.SEED_HEADER) is the seed of a request
     whose body has none, so a retry on another replica samples the same; a body seed wins."""
     body = {"n": 3, "temperature": 1.5}
     seeded = _post(server, {**body, "seed": 123})[1]
@@ -264,7 +264,7 @@ def test_the_routed_seed_header_seeds_a_request_without_one(server):
 def test_a_body_over_the_limit_is_refused_before_parsing(server):
     import http.client
 
-    from raygan.serve import MAX_BODY_BYTES
+    from raygan.serve.app import MAX_BODY_BYTES
 
     huge = json.dumps({"n": 1, "prefix": "a " * MAX_BODY_BYTES}).encode()
     host, port = server.removeprefix("http://").split(":")
@@ -363,7 +363,7 @@ def test_cli_generate(server, capsys):
 
 
 def test_new_checkpoint_replaces_the_model_without_failing_requests(server, checkpoints):
-    from raygan.serve import start_server
+    from raygan.serve.app import start_server
 
     stop, outcomes = threading.Event(), []
 
@@ -452,7 +452,7 @@ def test_http_goes_through_haproxy_when_installed(server):
 )
 def test_haproxy_listens_on_loopback_only(server):
     """HAProxy's stats page and Prometheus exporter, which Ray's template binds to every
-    interface, listen on 127.0.0.1 like the API (raygan.ray_env.STATS_HOST_VAR)."""
+    interface, listen on 127.0.0.1 like the API (raygan.run.ray_env.STATS_HOST_VAR)."""
     port = int(server.rsplit(":", 1)[1])
     haproxy = {(a, p) for c, a, p in _listeners() if c == "haproxy"}
     assert ("127.0.0.1", port) in haproxy
@@ -469,7 +469,7 @@ def test_a_replica_killed_under_load_fails_no_request(server, checkpoints):
     import ray
     from ray import serve
 
-    from raygan.serve import APP_NAME, start_server
+    from raygan.serve.app import APP_NAME, start_server
 
     port = int(server.rsplit(":", 1)[1])
     start_server(checkpoints[1], port=port, **{**SERVE_OPTIONS, "replicas": 2})
@@ -525,7 +525,7 @@ def test_a_replica_killed_under_load_fails_no_request(server, checkpoints):
 def test_shutdown_leaves_no_serve_actors(server):
     import ray
 
-    from raygan.serve import shutdown_server
+    from raygan.serve.app import shutdown_server
 
     def serve_actors() -> list[str]:  # controller, proxy and replicas are named SERVE_*
         named = ray.util.list_named_actors(all_namespaces=True)

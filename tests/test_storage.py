@@ -8,11 +8,11 @@ import json
 import pytest
 import yaml
 
-from raygan import storage
-from raygan.checkpoint import resolve_checkpoint_dir
 from raygan.cli import main
-from raygan.data import prepare_oracle
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
+from raygan.data import storage
+from raygan.data.prepare import prepare_oracle
+from raygan.run.checkpoint import resolve_checkpoint_dir
 from tests.conftest import TINY_TRAIN
 
 
@@ -43,7 +43,7 @@ def uri_data(tmp_path_factory) -> str:
 
 
 def test_train_reads_shards_and_writes_the_run_to_uris(ray_cluster, uri_data, tmp_path, capsys):
-    from raygan.train import fit
+    from raygan.run.train import fit
 
     run_uri = f"file://{tmp_path}/run"
     overrides = {**TINY_TRAIN, "num_workers": 1}
@@ -63,7 +63,7 @@ def test_train_reads_shards_and_writes_the_run_to_uris(ray_cluster, uri_data, tm
 
 
 def test_tune_writes_results_and_best_to_a_uri(ray_cluster, uri_data, tmp_path, capsys):
-    from raygan.tune import run_tune
+    from raygan.run.tune import run_tune
 
     fixed = {k: v for k, v in TINY_TRAIN.items() if k not in ("eval_every", "checkpoint_every")}
     space = {

@@ -13,12 +13,12 @@ import time
 import pytest
 import torch
 
-from raygan.checkpoint import load_checkpoint
 from raygan.cli import main as cli_main
-from raygan.config import recipe_names
-from raygan.errors import RayganError
-from raygan.loop import WorkerContext, bleu_f, train_loop
-from raygan.train import fit, resolve_config
+from raygan.core.config import recipe_names
+from raygan.core.errors import RayganError
+from raygan.run.checkpoint import load_checkpoint
+from raygan.run.loop import RunSpec, WorkerContext, bleu_f, train_loop
+from raygan.run.train import fit, resolve_config
 from tests.conftest import TINY_TRAIN, prepare_tiny_text
 
 
@@ -33,7 +33,7 @@ def _reference(data_dir: str, overrides: dict, restore_dir=None, stop_after=None
         if stop_after is not None and metrics["step"] >= stop_after:
             raise _Stop(checkpoint_dir)
 
-    run = {"config": config.to_dict(), "data_dir": data_dir, "run_dir": run_dir}
+    run = RunSpec(config=config, data_dir=data_dir, run_dir=run_dir)
     with contextlib.suppress(_Stop):
         train_loop(run, WorkerContext(report=report, restore_dir=restore_dir))
     return states
@@ -219,7 +219,7 @@ def test_resume_is_exact(oracle_data, tmp_path):
         stopped.append(str(keep))
         raise _Stop(checkpoint_dir)
 
-    run = {"config": config.to_dict(), "data_dir": oracle_data, "run_dir": None}
+    run = RunSpec(config=config, data_dir=oracle_data, run_dir=None)
     with pytest.raises(_Stop):
         train_loop(run, WorkerContext(report=stop_at_first))
     first_half, _, meta = load_checkpoint(stopped[0])
@@ -236,7 +236,7 @@ def test_run_dir_with_another_config_is_refused(ray_cluster, oracle_data, tmp_pa
     run_dir.mkdir()
     config = resolve_config(oracle_data, TINY_TRAIN)
     (run_dir / "run.json").write_text(
-        json.dumps({"config": config.to_dict(), "data_dir": oracle_data, "run_dir": str(run_dir)})
+        json.dumps(RunSpec(config=config, data_dir=oracle_data, run_dir=str(run_dir)).to_json())
     )
     args = ["train", "--data", oracle_data, "--out", str(run_dir)]
     args += [f"{k}={v}" for k, v in {**TINY_TRAIN, "d_steps": 3}.items()]
@@ -260,7 +260,7 @@ def test_manifest_values_cannot_be_contradicted(oracle_data):
 
 
 def test_init_from_checkpoint_with_other_vocab_is_refused(oracle_data, tmp_path):
-    from raygan.data import prepare_oracle
+    from raygan.data.prepare import prepare_oracle
 
     other = tmp_path / "other"
     prepare_oracle(str(other), oracle="random", num_samples=64, num_test=16, vocab_size=40,
@@ -268,7 +268,7 @@ def test_init_from_checkpoint_with_other_vocab_is_refused(oracle_data, tmp_path)
     states = _reference(str(other), {**TINY_TRAIN, "num_workers": 1, "mle_steps": 3,
                                      "d_pretrain_steps": 0, "adv_steps": 0})  # fmt: skip
     assert states
-    from raygan.checkpoint import save_checkpoint
+    from raygan.run.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "ckpt", state=states[3], config=resolve_config(str(other), TINY_TRAIN),
                     meta={"step": 3}, data_dir=str(other))  # fmt: skip
@@ -281,7 +281,7 @@ def test_init_from_checkpoint_with_other_vocab_is_refused(oracle_data, tmp_path)
 
 
 def test_early_stopping_rules():
-    from raygan.loop import EarlyStopping
+    from raygan.run.loop import EarlyStopping
 
     stall = EarlyStopping("nll_test", patience=2, threshold=0.0)
     assert stall.update({"nll_test": 5.0, "nll_train": 5.0}, "mle") is None
@@ -314,7 +314,7 @@ def test_early_stop_ends_the_phase_and_is_recorded(oracle_data):
     overrides = {**TINY_TRAIN, "num_workers": 1, "mle_steps": 40, "eval_every": 4, "patience": 1,
                  "mle_lr": 1e-9, "checkpoint_every": 100}  # fmt: skip
     config = resolve_config(oracle_data, overrides)
-    run = {"config": config.to_dict(), "data_dir": oracle_data, "run_dir": None}
+    run = RunSpec(config=config, data_dir=oracle_data, run_dir=None)
     summary = train_loop(run, WorkerContext())
     total = 40 + TINY_TRAIN["d_pretrain_steps"] + TINY_TRAIN["adv_steps"]
     assert summary["steps"] == total
@@ -329,7 +329,7 @@ def test_text_corpus_trains_and_reports_bleu(tmp_path):
     overrides = {**TINY_TRAIN, "num_workers": 1, "estimator": "rollout"}
     config = resolve_config(data, overrides)
     assert config.model.eos_id is not None and config.model.max_len == 10
-    run = {"config": config.to_dict(), "data_dir": data, "run_dir": str(tmp_path / "run")}
+    run = RunSpec(config=config, data_dir=data, run_dir=str(tmp_path / "run"))
     summary = train_loop(run, WorkerContext())
     metrics = summary["final_metrics"]
     assert 0.0 <= metrics["bleu4"] <= 1.0 and 0.0 <= metrics["self_bleu4"] <= 1.0
@@ -351,7 +351,7 @@ def test_bleu_f_punishes_either_failure():
 # -- D pretraining, held-out D accuracy, recipes -------------------------------------------------
 def _in_process(data_dir: str, overrides: dict) -> dict:
     config = resolve_config(data_dir, overrides)
-    return train_loop({"config": config.to_dict(), "data_dir": data_dir, "run_dir": None},
+    return train_loop(RunSpec(config=config, data_dir=data_dir, run_dir=None),
                       WorkerContext())  # fmt: skip
 
 
@@ -389,7 +389,7 @@ def test_resume_inside_a_pool_round_is_exact(oracle_data, tmp_path):
     assert set(stopped) == {6}  # step 6 = the 2nd D pretraining step of the pool's first round
     keep = tmp_path / "ckpt"
     (keep / "x").mkdir(parents=True)
-    from raygan.checkpoint import save_checkpoint
+    from raygan.run.checkpoint import save_checkpoint
 
     config = resolve_config(oracle_data, overrides)
     directory = save_checkpoint(keep / "ckpt", state=stopped[6], config=config,
@@ -413,7 +413,7 @@ def test_d_starts_from_g_when_d_init_is_generator(oracle_data):
 
 def _recipe_at_test_size(name: str) -> dict:
     """A shipped recipe with the tiny nets and a few steps of each of its phases."""
-    from raygan.config import load_recipe
+    from raygan.core.config import load_recipe
 
     keys = load_recipe(name)
     return {
@@ -453,7 +453,7 @@ def test_the_default_d_learns_within_its_budget(oracle_data):
     """Every GAN and D setting at its default (only the run's length and evaluation cadence
     set): D pretraining against a generator 5 epochs into MLE ends with D separating held-out
     real sequences from fresh samples (D's training batches come from the training split)."""
-    from raygan.config import ScheduleConfig
+    from raygan.core.config import ScheduleConfig
 
     budget = ScheduleConfig().d_pretrain_steps
     overrides = {"num_workers": 1, "mle_steps": 20, "adv_steps": 0, "eval_every": budget // 4,

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from raygan.cli import main
-from raygan.config import Config, apply_overrides
-from raygan.errors import RayganError
-from raygan.tune_space import METRICS, load_space
+from raygan.core.config import Config, apply_overrides
+from raygan.core.errors import RayganError
+from raygan.run.tune_space import METRICS, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
@@ -157,7 +157,7 @@ def test_missing_space_file_is_named(oracle_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def pbt_run(ray_cluster, oracle_data, tmp_path_factory):
-    from raygan.tune import run_tune
+    from raygan.run.tune import run_tune
 
     tmp = tmp_path_factory.mktemp("pbt")
     tune_dir = tmp / "tune"
@@ -170,7 +170,7 @@ def pbt_run(ray_cluster, oracle_data, tmp_path_factory):
 def test_pbt_exploits_and_reapplies_the_mutated_hyperparameters(pbt_run):
     """The exploiting trial continues from the donor's step and data position, with its OWN
     learning rates in the optimizers and its OWN d_steps in the loop (the DCGAN-example bug)."""
-    from raygan.loop import phase_of
+    from raygan.run.loop import phase_of
 
     summary, tune_dir = pbt_run
     assert summary["exploits"] >= 1
@@ -245,7 +245,7 @@ def test_search_report_names_the_best_trial_and_its_config(pbt_run, capsys):
 
 
 def test_rerun_of_a_finished_search_restores_it(pbt_run, oracle_data, tmp_path):
-    from raygan.tune import run_tune
+    from raygan.run.tune import run_tune
 
     summary, tune_dir = pbt_run
     space_path = json.loads((tune_dir / "tune.json").read_text())["space"]["source"]
@@ -261,7 +261,7 @@ def test_rerun_of_a_finished_search_restores_it(pbt_run, oracle_data, tmp_path):
 def test_interrupted_search_resumes(ray_cluster, oracle_data, tmp_path):
     """SIGINT the `raygan tune` driver after its first checkpoint; the same command resumes the
     trials from their checkpoints (no trial reports a step twice) and finishes."""
-    from raygan.tune import run_tune
+    from raygan.run.tune import run_tune
 
     space = {**TINY_SPACE, "trials": 1, "synch": False, "fixed": {**TINY_FIXED, "adv_steps": 60}}
     path = _space_file(tmp_path, space)
@@ -297,7 +297,7 @@ def test_interrupted_search_resumes(ray_cluster, oracle_data, tmp_path):
 
 def test_distributed_trial_equals_single_process_trial(ray_cluster, oracle_data, tmp_path):
     """num_workers=2 runs each trial as a TorchTrainer (DDP); same seed => the same numbers."""
-    from raygan.tune import run_tune
+    from raygan.run.tune import run_tune
 
     space = {
         **TINY_SPACE, "trials": 1, "synch": False,
@@ -330,8 +330,8 @@ def _tiny_checkpoint(data_dir: str, out: Path) -> str:
     """An MLE checkpoint of the tiny nets, written by the loop in this process."""
     import shutil
 
-    from raygan.loop import WorkerContext, train_loop
-    from raygan.train import resolve_config
+    from raygan.run.loop import RunSpec, WorkerContext, train_loop
+    from raygan.run.train import resolve_config
 
     config = resolve_config(data_dir, {**TINY_FIXED, "mle_steps": 8, "d_pretrain_steps": 0,
                                        "adv_steps": 0, "checkpoint_every": 8})  # fmt: skip
@@ -339,7 +339,7 @@ def _tiny_checkpoint(data_dir: str, out: Path) -> str:
     def keep(metrics, checkpoint_dir):
         shutil.copytree(checkpoint_dir, out)
 
-    train_loop({"config": config.to_dict(), "data_dir": data_dir, "run_dir": None},
+    train_loop(RunSpec(config=config, data_dir=data_dir, run_dir=None),
                WorkerContext(report=keep))  # fmt: skip
     return str(out)
 
@@ -347,8 +347,8 @@ def _tiny_checkpoint(data_dir: str, out: Path) -> str:
 def test_frontier_objective_is_measured_against_the_starting_checkpoint(
     ray_cluster, oracle_data, tmp_path
 ):
-    from raygan.frontier import frontier_distance
-    from raygan.tune import run_tune
+    from raygan.core.frontier import frontier_distance
+    from raygan.run.tune import run_tune
 
     start = _tiny_checkpoint(oracle_data, tmp_path / "start")
     space = {**TINY_SPACE, "metric": "frontier_distance", "trials": 1, "synch": False,
@@ -382,11 +382,11 @@ def test_no_temperature_of_the_starting_mle_wins_the_frontier_objective(oracle_d
     """The frontier objective scores every temperature of the starting MLE at 0 or above (on
     its own curve, or above it where dominated), measured as a trial's evaluation measures it,
     so no temperature knob can win it (NLL_oracle alone is won by sharpening)."""
-    from raygan.checkpoint import load_generator
-    from raygan.frontier import frontier_distance
-    from raygan.loop import temperature_curve
-    from raygan.train import resolve_config
-    from raygan.tune import FRONTIER_TEMPERATURES
+    from raygan.core.frontier import frontier_distance
+    from raygan.run.checkpoint import load_generator
+    from raygan.run.loop import temperature_curve
+    from raygan.run.train import resolve_config
+    from raygan.run.tune import FRONTIER_TEMPERATURES
 
     start = _tiny_checkpoint(oracle_data, tmp_path / "start")
     gen, _, _ = load_generator(start)

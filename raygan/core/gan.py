@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raygan.config import GANConfig
-from raygan.errors import RayganError
-from raygan.losses import d_loss, g_loss, gradient_penalty
-from raygan.models import Rng, RowStreams, length_mask, lengths_from_tokens, log_probs, unwrap
+from raygan.core.config import GANConfig
+from raygan.core.errors import RayganError
+from raygan.core.losses import d_loss, g_loss, gradient_penalty
+from raygan.core.models import length_mask, log_probs, unwrap
+from raygan.core.sampler import Rng, RowStreams, lengths_from_tokens
 
 Reduce = Callable[[Tensor], Tensor]  # e.g. an all-reduce mean across DDP ranks
 

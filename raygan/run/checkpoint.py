@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from raygan import storage
-from raygan.config import Config
-from raygan.errors import RayganError
+from raygan.core.config import Config
+from raygan.core.errors import RayganError
+from raygan.data import storage
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
@@ -131,7 +131,7 @@ def _read_checked(directory: Path) -> tuple[dict[str, Any], Config]:
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu"):
     """(Generator in eval mode, Config, meta) from a checkpoint directory."""
-    from raygan.models import Generator
+    from raygan.core.models import Generator
 
     state, config, meta = load_checkpoint(path)
     gen = Generator(config.model)

@@ -6,7 +6,7 @@
 Oracle (SeqGAN's, or a seeded random one), for every seed:
 1. MLE: one run of `mle_epochs` epochs with an evaluation and a checkpoint after every epoch.
    Its checkpoint with the best held-out NLL and its last one are scored over `temperatures`;
-   the Pareto front of every point swept for the seed is **MLE's curve** (raygan.frontier): the
+   the Pareto front of every point swept for the seed is **MLE's curve** (raygan.core.frontier): the
    best trade-off MLE offers at any length of training and any temperature.
 2. Every recipe (raygan/recipes, `raygan recipes`) from that run's checkpoint at the recipe's own
    mle_steps when its MLE settings match the run's (the computation a from-scratch run would
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from raygan.errors import RayganError
-from raygan.frontier import dominated, frontier_distance, pareto_front
+from raygan.core.errors import RayganError
+from raygan.core.frontier import dominated, frontier_distance, pareto_front
 
 # NLL_oracle on the SeqGAN oracle, length 20: SeqGAN paper Table 1; RelGAN's table.
 PUBLISHED_ORACLE = {"random": 10.310, "MLE": 9.038, "SeqGAN": 8.736, "LeakGAN": 7.038,
@@ -104,7 +104,7 @@ class QualityPlan:
     """Extra `key=value` settings for every run (model sizes, num_workers, ...)."""
 
     def check(self) -> None:
-        from raygan.config import recipe_path
+        from raygan.core.config import recipe_path
 
         for name in (*self.recipes, *self.text_recipes, *self.recipe_overrides):
             recipe_path(name)
@@ -124,14 +124,14 @@ class QualityPlan:
 
 def run_quality(plan: QualityPlan, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Prepare, train every run (reusing finished ones), score, and return the JSON result."""
-    from raygan.ray_env import ensure_ray
+    from raygan.run.ray_env import ensure_ray
 
     plan.check()
     ensure_ray()
     out = Path(plan.out)
     result: dict[str, Any] = {"plan": dataclasses.asdict(plan)}
     if plan.oracle:
-        from raygan.quality_oracle import oracle_benchmark
+        from raygan.bench.quality_oracle import oracle_benchmark
 
         result["oracle"] = oracle_benchmark(plan, out, log)
     if plan.text_train:
@@ -143,18 +143,18 @@ def run_quality(plan: QualityPlan, log: Callable[[str], None] = print) -> dict[s
 RUN_DEFAULTS = {"num_workers": 1, "checkpoint_every": 1000, "keep_checkpoints": 1}
 
 
-def trainer_settings(train_overrides: dict[str, Any]):
-    """The trainer section (workers, GPU, ...) every run resolves from these settings;
+def placement_settings(train_overrides: dict[str, Any]):
+    """The placement section (workers, GPU, ...) every run resolves from these settings;
     RayganError naming a key `raygan train` does not know or a value of the wrong type."""
-    from raygan.config import Config, apply_overrides
+    from raygan.core.config import Config, apply_overrides
 
-    return apply_overrides(Config(), {**RUN_DEFAULTS, **train_overrides}).trainer
+    return apply_overrides(Config(), {**RUN_DEFAULTS, **train_overrides}).placement
 
 
 def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -> dict[str, Any]:
     """One `raygan train` run into OUT/runs/NAME; a finished run is reused with its record."""
-    from raygan.checkpoint import atomic_write_text
-    from raygan.train import fit
+    from raygan.run.checkpoint import atomic_write_text
+    from raygan.run.train import fit
 
     run_dir = Path(plan.out).resolve() / "runs" / name  # workers run elsewhere: absolute paths
     record = run_dir / "bench_run.json"
@@ -193,7 +193,7 @@ def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) ->
 
 def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
     """Every checkpoint Ray Train kept for a run: its path, step and metrics, by step."""
-    from raygan.checkpoint import META_FILE
+    from raygan.run.checkpoint import META_FILE
 
     found = []
     for meta_path in (Path(run_dir) / "ray").glob(f"*/checkpoint_*/{META_FILE}"):
@@ -225,7 +225,7 @@ def recipe_start(
 ) -> tuple[dict[str, Any], str | None]:
     """The recipe's settings in this benchmark and the MLE checkpoint it starts from (None:
     it trains from scratch, because its MLE settings or length differ from the MLE run's)."""
-    from raygan.train import resolve_config
+    from raygan.run.train import resolve_config
 
     settings = {"recipe": recipe, **plan.recipe_overrides.get(recipe, {}), "seed": seed}
     mine = resolve_config(str(data_dir), {**plan.train_overrides, **settings}).to_dict()
@@ -248,7 +248,7 @@ class ScoreCache:
         self.scores = json.loads(path.read_text()) if path.is_file() else {}
 
     def get(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        from raygan.checkpoint import atomic_write_text
+        from raygan.run.checkpoint import atomic_write_text
 
         if key not in self.scores:
             self.scores[key] = compute()
@@ -286,11 +286,12 @@ def frontier_points(sweep: list[dict], x: str, y: str, sign_y: float = 1.0) -> l
 
 # -- text ----------------------------------------------------------------------------------------
 def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
-    from raygan.bleu import BleuReference, self_bleu
-    from raygan.checkpoint import load_generator
-    from raygan.data import load_codec, load_manifest, prepare_text, read_split
-    from raygan.loop import _trim
-    from raygan.metrics import nll_test, sample_tokens
+    from raygan.core.bleu import BleuReference, self_bleu
+    from raygan.core.metrics import nll_test, sample_tokens
+    from raygan.data.prepare import prepare_text
+    from raygan.data.read import load_codec, load_manifest, read_split
+    from raygan.run.checkpoint import load_generator
+    from raygan.run.loop import _trim
 
     data_dir = out / "text_data"
     if not (data_dir / "manifest.json").is_file():
@@ -329,7 +330,7 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
             scores["samples"] = texts[:5]
         return scores
 
-    from raygan.config import Config, apply_overrides
+    from raygan.core.config import Config, apply_overrides
 
     batch = apply_overrides(Config(), plan.train_overrides).schedule.batch_size
     steps_per_epoch = manifest["splits"]["train"]["rows"] // batch
@@ -393,10 +394,10 @@ def _sweep(score, checkpoint: str, temperatures, at_one: dict) -> list[dict]:
 
 
 def d_accuracy(history: list[dict], settings: dict) -> dict[str, float]:
-    """D's held-out accuracy (the loss's own kind, raygan.metrics.d_accuracy_key) at the end of
+    """D's held-out accuracy (the loss's own kind, raygan.core.metrics.d_accuracy_key) at the end of
     D pretraining and over the adversarial evaluations."""
-    from raygan.config import Config
-    from raygan.metrics import d_accuracy_key
+    from raygan.core.config import Config
+    from raygan.core.metrics import d_accuracy_key
 
     key = d_accuracy_key(Config.from_dict(settings).gan.loss)
     pre = [h[key] for h in history if h.get("phase") == "d_pretrain" and key in h]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raygan.quality import (
+from raygan.bench.quality import (
     BLEU_ORDERS,
     MOONSHOT,
     OVERLAP_N,
@@ -13,7 +13,7 @@ from raygan.quality import (
     PUBLISHED_ORACLE,
     SEQGAN_GOAL,
     SEQGAN_GOAL_SECONDS,
-    trainer_settings,
+    placement_settings,
 )
 
 
@@ -32,7 +32,7 @@ def _yes(flag: bool | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The BENCHMARKS.md section, generated from the JSON."""
     plan, lines = result["plan"], []
-    trainer = trainer_settings(plan["train_overrides"])
+    trainer = placement_settings(plan["train_overrides"])
     workers = f"{trainer.num_workers} {'GPU' if trainer.use_gpu else 'CPU'} worker(s)"
     if "oracle" in result:
         lines += _oracle_markdown(result["oracle"], plan, workers)
@@ -45,7 +45,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
-    from raygan.report import markdown_table
+    from raygan.bench.markdown import markdown_table
 
     seeds = ", ".join(map(str, plan["seeds"]))
     lines = [
@@ -131,7 +131,7 @@ def _goal_seconds(summary: dict) -> str:
 
 
 def _text_markdown(t: dict, plan: dict) -> list[str]:
-    from raygan.report import markdown_table
+    from raygan.bench.markdown import markdown_table
 
     lines = [
         f"**Text** ({t['corpus']}; word tokens, vocab {t['vocab_size']:,}, max length "

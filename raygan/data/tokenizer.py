@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # in id order
@@ -142,7 +142,7 @@ def _without_added_tokens(tok: Tokenizer) -> Tokenizer:
 
 
 class Codec:
-    """Text <-> token ids for a prepared corpus (`raygan.data.load_codec(dir)` builds one).
+    """Text <-> token ids for a prepared corpus (`raygan.data.read.load_codec(dir)` builds one).
 
     Oracle corpora have no tokenizer: their "text" is token ids separated by spaces.
     """

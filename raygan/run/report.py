@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from raygan import storage
-from raygan.checkpoint import atomic_write_text
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
+from raygan.data import storage
+from raygan.run.checkpoint import atomic_write_text
 
 # (file, title, [(TensorBoard tag, label)]): the panels of a run's report; a panel none of whose
 # curves the run logged is left out (an MLE-only run has no D panel).
@@ -79,7 +79,7 @@ def write_run_report(run_dir: str) -> str:
 
 
 def _events(logdir: str) -> tuple[dict, dict]:
-    from raygan.report import read_events
+    from raygan.run.events import read_events
 
     if not storage.is_uri(logdir):
         return read_events(logdir) if Path(logdir).is_dir() else ({}, {})
@@ -90,8 +90,8 @@ def _events(logdir: str) -> tuple[dict, dict]:
 
 
 def _run_overview(run: dict, summary: dict) -> str:
-    from raygan.config import Config
-    from raygan.train import describe
+    from raygan.core.config import Config
+    from raygan.run.train import describe
 
     lines = [describe(Config.from_dict(run["config"]), run["run_dir"]), f"data: {run['data_dir']}"]
     if summary:

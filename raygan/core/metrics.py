@@ -2,7 +2,7 @@
 
 - NLL_oracle: per-token mean NLL (nats) of G's samples under the oracle (quality on synthetic data).
 - NLL_test: per-token mean NLL of held-out real sequences under G, padding excluded (coverage).
-- BLEU-n / Self-BLEU-n: see raygan.bleu (equal to nltk's definition, much faster).
+- BLEU-n / Self-BLEU-n: see raygan.core.bleu (equal to nltk's definition, much faster).
 - D's held-out accuracy: D's sequence logit on held-out real sequences and on fresh G samples
   (neither in D's training batches): the share of each on the right side of 0, their mean, and
   the pairwise accuracy (AUC: how often a real outscores a fake), which is the accuracy of a
@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raygan.models import Generator, Oracle, Samples, length_mask, unwrap
+from raygan.core.models import Generator, Oracle, length_mask, unwrap
+from raygan.core.sampler import Samples
 
 
 def sample_tokens(

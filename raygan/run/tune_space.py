@@ -31,8 +31,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from raygan.config import Config, apply_overrides, flatten, resolve_key
-from raygan.errors import RayganError
+from raygan.core.config import Config, apply_overrides, flatten, resolve_key
+from raygan.core.errors import RayganError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 SPACE_KEYS = (
@@ -130,7 +130,7 @@ class SearchSpace:
     def trial_config(self, data_dir: str) -> Config:
         """The fixed keys resolved against the data, and every search bound checked against the
         config's own rules (e.g. gumbel_max_temperature >= 1), so no trial fails on its draw."""
-        from raygan.train import resolve_config
+        from raygan.run.train import resolve_config
 
         config = resolve_config(data_dir, self.trial_overrides())
         for dist in self.search.values():
@@ -272,7 +272,7 @@ def _dist(path: Path, name: str, spec: Any) -> Dist:
 def _field_type(name: str) -> type:
     import typing
 
-    from raygan.config import _sections
+    from raygan.core.config import _sections
 
     section = Config.keys()[name]
     hint = typing.get_type_hints(_sections()[section])[name]

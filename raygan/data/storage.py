@@ -16,7 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
+
+HASH_BLOCK_BYTES = 1 << 20  # sha256 streams files in blocks of this size
 
 
 def is_uri(path: str | Path) -> bool:
@@ -43,8 +45,7 @@ def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
 
 
 def file_type(path: str | Path) -> pafs.FileType:
-    fs, inner = filesystem(path)
-    return fs.get_file_info(inner).type
+    return fs_type(*filesystem(path))
 
 
 def is_file(path: str | Path) -> bool:
@@ -52,9 +53,7 @@ def is_file(path: str | Path) -> bool:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    fs, inner = filesystem(path)
-    with fs.open_input_stream(inner, compression=None) as f:
-        return f.read()
+    return fs_read(*filesystem(path))
 
 
 def read_text(path: str | Path) -> str:
@@ -77,8 +76,33 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         return
     fs, inner = filesystem(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(inner, compression=None) as f:
+    fs_write(fs, inner, data)
+
+
+# The same on a filesystem already opened (a path inside `fs`, as `filesystem` returns it).
+def fs_type(fs: pafs.FileSystem, path: str) -> pafs.FileType:
+    return fs.get_file_info(path).type
+
+
+def fs_read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path, compression=None) as f:
+        return f.read()
+
+
+def fs_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """No temp name: an object appears whole when its upload completes; local callers write into
+    a directory that is renamed into place afterwards."""
+    with fs.open_output_stream(path, compression=None) as f:
         f.write(data)
+
+
+def fs_sha256(fs: pafs.FileSystem, path: str) -> str:
+    """sha256 of a file, streamed HASH_BLOCK_BYTES at a time."""
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path, compression=None) as f:
+        while block := f.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def delete(path: str | Path) -> None:

@@ -2,7 +2,7 @@
 
     raygan serve --checkpoint tunes/a/best --port 8000            # blocks; Ctrl-C shuts Serve down
     raygan serve --checkpoint tunes/a/best --proxy python         # Serve's Python proxy, not HAProxy
-    serve run raygan.serve:app_builder checkpoint=/abs/path/to/best   # Serve's own CLI
+    serve run raygan.serve.app:app_builder checkpoint=/abs/path/to/best   # Serve's own CLI
     serve deploy cluster/serve.yaml                                   # a running cluster
 
 POST /generate {n, max_tokens, temperature, top_k, top_p, prefix, seed}
@@ -11,7 +11,7 @@ POST /generate {n, max_tokens, temperature, top_k, top_p, prefix, seed}
 GET /healthz, GET /metadata (config, vocab size, limits, the checkpoint's metrics).
 
 What a dying replica or an overload costs (BENCHMARKS.md, serving):
-- Behind HAProxy (the default ingress, raygan.ray_env) a request that lacks a seed gets one
+- Behind HAProxy (the default ingress, raygan.run.ray_env) a request that lacks a seed gets one
   in the x-raygan-seed header before it is routed, and a request whose replica died before
   answering is sent again to another replica (ray_env.RETRY_ON): the retry returns what the
   first try would have, and the client sees no error. Serve's Python proxy does not retry a
@@ -21,7 +21,7 @@ What a dying replica or an overload costs (BENCHMARKS.md, serving):
   requests also wait unread in the replica's socket backlog, which that limit does not see.
 - A body over MAX_BODY_BYTES is refused with 413 before it is parsed.
 
-The only module that calls ray.serve; the sampling itself is raygan.sampling, shared with
+The only module that calls ray.serve; the sampling itself is raygan.serve.sampling, shared with
 `raygan sample`. Concurrent requests are collected by `@serve.batch` and sampled together, each
 from its own seeded random stream, so a request's tokens do not depend on its batch. The
 checkpoint lives in the deployment's user_config. Deploying a new one (`start_server` again, or
@@ -46,9 +46,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from raygan.errors import RayganError
-from raygan.ray_env import SEED_HEADER
-from raygan.sampling import (
+from raygan.core.errors import RayganError
+from raygan.core.malloc import keep_freed_memory
+from raygan.run.ray_env import SEED_HEADER
+from raygan.serve.sampling import (
     MAX_TEMPERATURE,
     SEED_LIMIT,
     SampleRequest,
@@ -203,6 +204,7 @@ class GeneratorServer:
 
     def __init__(self, torch_threads: int = 1):
         torch.set_num_threads(torch_threads)  # one replica per CPU: no oversubscription
+        keep_freed_memory()  # every batch samples (rows, V) logits: see raygan.core.malloc
         self.model: ServedModel | None = None
         self.checkpoint: str | None = None  # user_config["checkpoint"] of the loaded model
         self.batching = {"max_batch_size": MAX_BATCH_SIZE, "batch_wait_timeout_s": BATCH_WAIT_S}
@@ -309,7 +311,7 @@ def build_app(
 
 
 class ServeArgs(BaseModel):
-    """Arguments of `app_builder` (`serve run raygan.serve:app_builder checkpoint=...` or the
+    """Arguments of `app_builder` (`serve run raygan.serve.app:app_builder checkpoint=...` or the
     `args:` of an application in a Serve config file)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -349,16 +351,16 @@ def start_server(
     running Serve keeps its host and port); requests in flight complete. A checkpoint that does
     not load raises RayganError before Serve starts. Binds 127.0.0.1 unless told otherwise.
     """
-    from raygan.ray_env import ensure_ray
+    from raygan.run.ray_env import ensure_ray
 
     model = load_model(checkpoint)
     ensure_ray()
-    from raygan.console import verbose
+    from raygan.run.console import verbose
 
     if not verbose():  # this process's "Started Serve", "Application ... is ready" INFO lines
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # [4] one HTTP ingress, on the head node: 127.0.0.1 is only reachable there anyway. Which
-    # one (HAProxy, or Serve's Python proxy) was fixed when Ray started: raygan.ray_env
+    # one (HAProxy, or Serve's Python proxy) was fixed when Ray started: raygan.run.ray_env
     # per-request access logs cost the replica and the proxy ~1 ms each: off unless asked
     logging_config = {"enable_access_log": access_log, "log_level": "WARNING"}
     serve.start(

@@ -1,6 +1,6 @@
 """The per-worker training loop: MLE pretraining, D pretraining, then adversarial training.
 
-It imports no Ray. Ray Train runs it on every worker (raygan.train); one process can run it at
+It imports no Ray. Ray Train runs it on every worker (raygan.run.train); one process can run it at
 world size 1 (the reference the distributed tests compare against). Each caller passes a
 `WorkerContext` with its reporting call, the checkpoint to resume from, and the function that
 wraps a model for data parallelism.
@@ -32,16 +32,40 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from raygan import storage
-from raygan.checkpoint import load_checkpoint, save_checkpoint
-from raygan.config import Config
-from raygan.errors import RayganError
-from raygan.frontier import frontier_distance
-from raygan.gan import FakePool, adversarial_step, d_step, gumbel_beta, mle_step, set_lr
-from raygan.metrics import d_accuracy_key
-from raygan.models import Discriminator, Generator, RowStreams, unwrap
+from raygan.core.config import Config
+from raygan.core.errors import RayganError
+from raygan.core.frontier import frontier_distance
+from raygan.core.gan import FakePool, adversarial_step, d_step, gumbel_beta, mle_step, set_lr
+from raygan.core.malloc import keep_freed_memory
+from raygan.core.metrics import d_accuracy_key
+from raygan.core.models import Discriminator, Generator, unwrap
+from raygan.core.sampler import RowStreams
+from raygan.data import storage
+from raygan.run.checkpoint import load_checkpoint, save_checkpoint
 
 PHASES = ("mle", "d_pretrain", "adversarial")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One training run as it crosses the Ray boundary to every worker (and, less the console,
+    as RUN_DIR/run.json)."""
+
+    config: Config
+    data_dir: str
+    """The prepared corpus (a path or URI every worker can read)."""
+    run_dir: str | None = None
+    """Where TensorBoard events and the fail_at_step marker go; None: nowhere."""
+    frontier: tuple[tuple[float, float], ...] | None = None
+    """MLE's temperature curve as (NLL_test, NLL_oracle) points: evaluations then report
+    frontier_distance (PBT's objective)."""
+    checkpoint_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Added to every checkpoint's meta (a Tune trial's id)."""
+    console: str | None = None
+    """The driver's progress channel (raygan.run.console) rank 0 reports to; None: none."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "data_dir": self.data_dir, "run_dir": self.run_dir}
 
 
 @dataclasses.dataclass
@@ -58,7 +82,7 @@ class WorkerContext:
     node_id: str = "local"
     """Where this worker runs (the summary lists every worker's node)."""
     console: Any = None
-    """Rank 0's raygan.console.WorkerConsole when the driver shows a progress bar, else None."""
+    """Rank 0's raygan.run.console.WorkerConsole when the driver shows a progress bar, else None."""
 
 
 def _mix(*words: int) -> int:
@@ -91,7 +115,7 @@ class BatchStream:
         consumed: int = 0,
         device: torch.device | None = None,
     ):
-        from raygan.data import RankBatches
+        from raygan.data.read import RankBatches
 
         self._batches = RankBatches(
             data_dir, batch_size_per_rank=batch_size, rank=rank, world_size=world_size, seed=seed
@@ -172,12 +196,12 @@ class EarlyStopping:
 class Evaluator:
     """Held-out metrics on rank 0: NLL_test, NLL on a training subset, NLL_oracle (oracle data),
     BLEU-4 / Self-BLEU-4 (text), D's accuracy on held-out real sequences vs the fresh samples
-    drawn here (raygan.metrics.heldout_d_accuracy), and a few decoded samples."""
+    drawn here (raygan.core.metrics.heldout_d_accuracy), and a few decoded samples."""
 
     def __init__(
         self, data_dir: str, cfg: Config, device: torch.device, frontier: list | None = None
     ):
-        from raygan.data import load_codec, load_manifest, load_oracle, read_split
+        from raygan.data.read import load_codec, load_manifest, load_oracle, read_split
 
         self.cfg, self.device = cfg, device
         self.frontier = [tuple(p) for p in frontier] if frontier else None
@@ -191,12 +215,12 @@ class Evaluator:
         self.codec = load_codec(data_dir)
         self.references = None
         if self.oracle is None:
-            from raygan.bleu import BleuReference
+            from raygan.core.bleu import BleuReference
 
             self.references = BleuReference(_trim(test_NT, test_len_N, cfg.model.eos_id), max_n=4)
 
     def __call__(self, gen: nn.Module, seed: int, disc: nn.Module | None = None) -> dict[str, Any]:
-        from raygan.metrics import heldout_d_accuracy, mean_token_nll, sample_tokens
+        from raygan.core.metrics import heldout_d_accuracy, mean_token_nll, sample_tokens
 
         out: dict[str, Any] = {
             "nll_test": mean_token_nll(gen, *self.test),
@@ -211,7 +235,7 @@ class Evaluator:
                 point = (out["nll_test"], out["nll_oracle"])
                 out["frontier_distance"] = frontier_distance(self.frontier, point, extrapolate=True)
         else:
-            from raygan.bleu import self_bleu
+            from raygan.core.bleu import self_bleu
 
             hyps = _trim(samples.tokens_BT, samples.lengths_B, self.cfg.model.eos_id)
             out["bleu4"] = self.references.bleu(hyps, 4)
@@ -336,10 +360,10 @@ def _init_from(path: str, cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
         disc.load_state_dict(state["discriminator"])
 
 
-def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
-    """Train from `run` = {"config": dict, "data_dir": str, "run_dir": str | None}; returns a summary."""
-    cfg = Config.from_dict(run["config"])
-    data_dir, run_dir = run["data_dir"], run.get("run_dir")
+def train_loop(run: RunSpec, ctx: WorkerContext) -> dict[str, Any]:
+    """Train the run on this worker (rank ctx.rank of ctx.world_size); returns a summary."""
+    keep_freed_memory()  # this process steps and samples G over and over: see raygan.core.malloc
+    cfg, data_dir, run_dir = run.config, run.data_dir, run.run_dir
     rank, world, device = ctx.rank, ctx.world_size, ctx.device
     if cfg.schedule.batch_size % world:
         raise RayganError(
@@ -383,7 +407,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
     per_rank = cfg.schedule.batch_size // world
     batches = BatchStream(data_dir, rank=rank, world_size=world, batch_size=per_rank,
                           seed=cfg.schedule.seed, consumed=consumed, device=device)  # fmt: skip
-    evaluator = Evaluator(data_dir, cfg, device, run.get("frontier")) if rank == 0 else None
+    evaluator = Evaluator(data_dir, cfg, device, run.frontier) if rank == 0 else None
     board = TensorBoard(run_dir, rank, step)
     reduce_mean = _all_reduce_mean if world > 1 else None
     worker_nodes = _all_gather(ctx.node_id, world)
@@ -468,7 +492,7 @@ def train_loop(run: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
             board.sync()
             _checkpoint_and_report(
                 ctx, cfg, state, {**last_metrics, **applied}, step, phase, data_dir,
-                extra_meta=run.get("checkpoint_meta", {}),
+                extra_meta=run.checkpoint_meta,
             )  # fmt: skip
             stop_reason = None
     board.close()
@@ -512,8 +536,8 @@ def temperature_curve(data_dir: str, cfg: Config, gen: nn.Module, temperatures) 
     """(NLL_test, NLL_oracle) of `gen` at each temperature, measured as the evaluations of a
     run with `cfg` measure them (the same held-out rows, sample count and seed), so a distance
     to this curve compares like with like."""
-    from raygan.data import load_oracle, read_split
-    from raygan.metrics import nll_oracle, nll_test
+    from raygan.core.metrics import nll_oracle, nll_test
+    from raygan.data.read import load_oracle, read_split
 
     n = cfg.schedule.eval_samples
     test_NT, test_len_N = read_split(data_dir, "test")

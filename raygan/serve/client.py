@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
 
 
 def _call(url: str, path: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:

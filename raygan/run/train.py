@@ -12,17 +12,24 @@ module that calls ray.train.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import warnings
 from typing import Any
 
-from raygan import storage
-from raygan.checkpoint import atomic_write_text, check_checkpoint, copy_checkpoint, load_checkpoint
-from raygan.config import Config
-from raygan.errors import RayganError
+from raygan.core.config import Config
+from raygan.core.errors import RayganError
+from raygan.data import storage
+from raygan.run.checkpoint import (
+    atomic_write_text,
+    check_checkpoint,
+    copy_checkpoint,
+    load_checkpoint,
+)
+from raygan.run.loop import RunSpec
 
 RUN_NAME = "raygan"
-RESUME_TOLERANT_KEYS = {"trainer.fail_at_step", "trainer.max_failures", "trainer.log_level"}
+RESUME_TOLERANT_KEYS = {"trainer.fail_at_step", "placement.max_failures", "placement.log_level"}
 
 
 def prepare_ddp(model):
@@ -36,17 +43,17 @@ def prepare_ddp(model):
     )
 
 
-def train_loop_per_worker(run: dict[str, Any]) -> dict[str, Any]:
+def train_loop_per_worker(run: RunSpec) -> dict[str, Any]:
     """Entry point on each Ray Train worker."""
     import ray
     import ray.train
     import ray.train.torch
 
-    from raygan.console import console_for
-    from raygan.loop import WorkerContext, train_loop
+    from raygan.run.console import console_for
+    from raygan.run.loop import WorkerContext, train_loop
 
     context = ray.train.get_context()
-    console = console_for(run.get("console"), context.get_world_rank())
+    console = console_for(run.console, context.get_world_rank())
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -115,8 +122,8 @@ def _newest_first(checkpoint):
 
 def resolve_config(data_dir: str, overrides: dict[str, Any]) -> Config:
     """Defaults <- YAML/key=value overrides <- the data manifest (vocab, max_len, special ids)."""
-    from raygan.config import apply_overrides, flatten, resolve_key
-    from raygan.data import load_manifest, model_config_kwargs
+    from raygan.core.config import apply_overrides, flatten, resolve_key
+    from raygan.data.read import load_manifest, model_config_kwargs
 
     config = apply_overrides(Config(), overrides)
     from_data = model_config_kwargs(load_manifest(data_dir))
@@ -130,7 +137,7 @@ def resolve_config(data_dir: str, overrides: dict[str, Any]) -> Config:
     return apply_overrides(config, {f"model.{k}": v for k, v in from_data.items()})
 
 
-def _check_run_dir(run_dir: str, run: dict, fresh: bool) -> None:
+def _check_run_dir(run_dir: str, run: RunSpec, fresh: bool) -> None:
     """A RUN_DIR holding another configuration is refused unless `fresh` clears it."""
     saved_path = storage.join(run_dir, "run.json")
     if not storage.is_file(saved_path):
@@ -140,9 +147,11 @@ def _check_run_dir(run_dir: str, run: dict, fresh: bool) -> None:
             storage.delete(storage.join(run_dir, name))
         return
     saved = json.loads(storage.read_text(saved_path))
-    diffs = _diff(saved["config"], run["config"]) - RESUME_TOLERANT_KEYS
-    if saved["data_dir"] != run["data_dir"]:
-        diffs.add(f"data ({saved['data_dir']} -> {run['data_dir']})")
+    # Through Config: a run.json written before a key changed section compares by meaning.
+    diffs = _diff(Config.from_dict(saved["config"]).to_dict(), run.config.to_dict())
+    diffs -= RESUME_TOLERANT_KEYS
+    if saved["data_dir"] != run.data_dir:
+        diffs.add(f"data ({saved['data_dir']} -> {run.data_dir})")
     if diffs:
         raise RayganError(
             f"{run_dir} holds a run with a different configuration ({', '.join(sorted(diffs))}); "
@@ -163,7 +172,7 @@ def check_placement(cfg: Config) -> None:
     """Fail within seconds when the cluster cannot place the workers, instead of pending forever."""
     import ray
 
-    t = cfg.trainer
+    t = cfg.placement
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
     gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
@@ -184,7 +193,7 @@ def check_placement(cfg: Config) -> None:
 
 
 def make_trainer(
-    run: dict[str, Any],
+    run: RunSpec,
     config: Config,
     *,
     storage_path: str,
@@ -192,15 +201,15 @@ def make_trainer(
     callbacks: list | None = None,
     resume_from_checkpoint=None,
 ):
-    """The TorchTrainer for one run: `config.trainer` sets workers, devices, checkpoints, retries.
+    """The TorchTrainer for one run: `config.placement` sets workers, devices, checkpoint retention, retries.
     `resume_from_checkpoint` starts from another run's checkpoint (a PBT donor's) when `name`
     has none of its own."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raygan.malloc import worker_env
+    from raygan.core.malloc import worker_env
 
-    t = config.trainer
+    t = config.placement
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=run,
@@ -217,7 +226,7 @@ def make_trainer(
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             logging_config=ray.train.LoggingConfig(log_level=t.log_level),
             callbacks=callbacks or None,
-            worker_runtime_env={"env_vars": worker_env()},  # raygan.malloc
+            worker_runtime_env={"env_vars": worker_env()},  # raygan.core.malloc
         ),
         resume_from_checkpoint=resume_from_checkpoint,
     )
@@ -225,7 +234,7 @@ def make_trainer(
 
 def forward_reports_callback(reports, acks):
     """A Train callback (it runs in the Train controller) handing rank 0's report to a Tune
-    trial through the `reports` queue (raygan.tune runs a distributed trial this way).
+    trial through the `reports` queue (raygan.run.tune runs a distributed trial this way).
 
     It waits for the trial's acknowledgement on `acks`, i.e. until Tune has copied the
     checkpoint, so Train's checkpoint rotation can never delete one Tune has not taken yet."""
@@ -261,25 +270,25 @@ def fit(
 ) -> dict[str, Any]:
     """Train (or resume) into `run_dir`; returns the run summary. `progress`: a progress bar on
     stderr (not in verbose mode, where Ray's own logs are shown); `report`: write RUN_DIR/report.md
-    and its plots at the end (raygan.run_report)."""
-    from raygan.console import TrainConsole, verbose
-    from raygan.data import verify
-    from raygan.ray_env import ensure_ray
+    and its plots at the end (raygan.run.report)."""
+    from raygan.data.read import verify
+    from raygan.run.console import TrainConsole, verbose
+    from raygan.run.ray_env import ensure_ray
 
     data_dir, run_dir = storage.absolute(data_dir), storage.absolute(run_dir)
     verify(data_dir)
     config = resolve_config(data_dir, overrides or {})
-    run = {"config": config.to_dict(), "data_dir": data_dir, "run_dir": run_dir}
+    run = RunSpec(config=config, data_dir=data_dir, run_dir=run_dir)
     _check_run_dir(run_dir, run, fresh)
     if verbose():
         log("resolved config:\n" + json.dumps(config.to_dict(), indent=2))
     log(describe(config, run_dir))
-    atomic_write_text(storage.join(run_dir, "run.json"), json.dumps(run, indent=2))
+    atomic_write_text(storage.join(run_dir, "run.json"), json.dumps(run.to_json(), indent=2))
 
     ensure_ray()
     check_placement(config)
     with TrainConsole(config.schedule.total_steps, enabled=progress and not verbose()) as console:
-        trainer = make_trainer(dict(run, console=console.name), config,
+        trainer = make_trainer(dataclasses.replace(run, console=console.name), config,
                                storage_path=storage.join(run_dir, "ray"), name=RUN_NAME)  # fmt: skip
         result = trainer.fit()
     if result.error:
@@ -296,7 +305,7 @@ def fit(
         storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str)
     )
     if report:
-        from raygan.run_report import write_run_report
+        from raygan.run.report import write_run_report
 
         summary["report"] = write_run_report(run_dir)
     return summary
@@ -304,7 +313,7 @@ def fit(
 
 def describe(config: Config, run_dir: str) -> str:
     """One line: what this run will do and where (the full config goes to RUN_DIR/run.json)."""
-    s, g, t = config.schedule, config.gan, config.trainer
+    s, g, t = config.schedule, config.gan, config.placement
     phases = ", ".join(f"{name} {n}" for name, n in (("MLE", s.mle_steps),
                        ("D pretraining", s.d_pretrain_steps), (f"{g.estimator} adversarial", s.adv_steps)) if n)  # fmt: skip
     device = "GPU" if t.use_gpu else "CPU"

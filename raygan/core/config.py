@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
 
 ESTIMATORS = ("gumbel", "rollout", "dense", "constant")
 LOSSES = ("standard", "rsgan", "hinge", "wgan-gp")
@@ -239,21 +239,38 @@ MONITORS = ("nll_test", "g_loss")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerConfig:
+class PlacementConfig:
+    """Where and how Ray Train runs the loop; the loop itself (raygan.run.loop) never reads these."""
+
     num_workers: int = 2
     """Ray Train workers; G and D are each wrapped in DDP across them."""
     use_gpu: bool = False
     """One GPU per worker, NCCL backend; CPU workers use gloo."""
-    bf16: bool = False
-    """bf16 autocast for forward passes on CUDA (ignored on CPU, with a warning)."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker."""
-    checkpoint_every: int = 200
-    """Steps between checkpoints (a step is one MLE, D-pretrain or adversarial G step)."""
     keep_checkpoints: int = 3
     """Checkpoints kept by Ray Train (the newest)."""
     max_failures: int = 2
     """Worker-group restarts from the last checkpoint before the run fails."""
+    log_level: str = "WARNING"
+    """Ray Train's console log level (DEBUG, INFO, WARNING, ERROR); INFO shows every report."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "cpus_per_worker", "keep_checkpoints"):
+            _check_positive(self, name)
+        _check_choice(self, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"))
+        if self.max_failures < 0:
+            raise RayganError(f"max_failures must be >= 0, got {self.max_failures}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    """How the loop runs: precision, checkpoint cadence, early stopping, random streams, start."""
+
+    bf16: bool = False
+    """bf16 autocast for forward passes on CUDA (ignored on CPU, with a warning)."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (a step is one MLE, D-pretrain or adversarial G step)."""
     patience: int = 0
     """Early stopping: evaluations without improvement of `monitor` before stopping; 0 disables."""
     monitor: str = "nll_test"
@@ -265,18 +282,14 @@ class TrainerConfig:
     with different worker counts draw the same samples."""
     init_from: str = ""
     """Checkpoint directory whose G (and D) weights start this run; its vocab must match the data."""
-    log_level: str = "WARNING"
-    """Ray Train's console log level (DEBUG, INFO, WARNING, ERROR); INFO shows every report."""
     fail_at_step: int = -1
     """Test hook: the last worker SIGKILLs itself on reaching this step, on the first attempt only."""
 
     def __post_init__(self) -> None:
-        for name in ("num_workers", "cpus_per_worker", "checkpoint_every", "keep_checkpoints"):
-            _check_positive(self, name)
+        _check_positive(self, "checkpoint_every")
         _check_choice(self, "monitor", MONITORS)
-        _check_choice(self, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"))
-        if self.patience < 0 or self.max_failures < 0 or self.rng_streams < 0:
-            raise RayganError("patience, max_failures and rng_streams must be >= 0")
+        if self.patience < 0 or self.rng_streams < 0:
+            raise RayganError("patience and rng_streams must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +298,7 @@ class Config:
     gan: GANConfig = field(default_factory=GANConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -308,10 +322,11 @@ def _sections() -> dict[str, type]:
         "gan": GANConfig,
         "schedule": ScheduleConfig,
         "trainer": TrainerConfig,
+        "placement": PlacementConfig,
     }
 
 
-RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def recipe_names() -> list[str]:
@@ -384,6 +399,8 @@ def resolve_key(key: str) -> tuple[str, str]:
         section, name = key.split(".", 1)
         if section in _sections() and owners.get(name) == section:
             return section, name
+        if section == "trainer" and owners.get(name) == "placement":
+            return "placement", name  # a config (checkpoint, run.json) from before that section
     elif key in owners:
         return owners[key], key
     valid = sorted(owners) + sorted(f"{s}.{n}" for n, s in owners.items())

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raygan.models import rand_rows
+from raygan.core.sampler import rand_rows
 
 
 def d_loss(kind: str, real: Tensor, fake: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from raygan.errors import RayganError
+from raygan.core.errors import RayganError
 
 PROXIES = ("haproxy", "python")
 PROXY_VAR = "RAYGAN_SERVE_PROXY"
@@ -47,7 +47,7 @@ RETRY_ON = "conn-failure empty-response junk-response"
 """What HAProxy retries on another replica (`option redispatch`): Ray's default retries only a
 refused connection; every raygan route is idempotent (a seeded /generate is deterministic), so
 a replica that died with the request in hand (no response, or a cut one) is retried too."""
-_WRAPPER_MARK = "# raygan.ray_env: HAProxy with a seed header and its stats listeners rebound"
+_WRAPPER_MARK = "# raygan.run.ray_env: HAProxy with a seed header and its stats listeners rebound"
 # Ray's HAProxy template writes `bind *:STATS_PORT` and `bind :METRICS_PORT`, with no setting for
 # the address, and has no hook for a request rule. Serve starts HAProxy as `BINARY -db -f CONFIG
 # [-sf PIDS ...]` (also on reloads), so a wrapper named by RAY_SERVE_HAPROXY_BINARY_PATH edits
@@ -222,11 +222,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    from raygan.console import verbose
+    from raygan.run.console import verbose
 
     address = os.environ.get("RAY_ADDRESS")
     ray_environment(local=not address)
-    # Quiet by default (raygan.console): the workers' logs stay in Ray's session directory,
+    # Quiet by default (raygan.run.console): the workers' logs stay in Ray's session directory,
     # errors still reach the caller as exceptions, raygan's own warnings come by the console.
     shown = {"log_to_driver": verbose(), "logging_level": "INFO" if verbose() else "WARNING"}
     if address:

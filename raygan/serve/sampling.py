@@ -1,5 +1,5 @@
 """Sampling from a checkpoint, one request or a batch of them: `raygan sample` and the Serve
-deployment (raygan.serve) share this path.
+deployment (raygan.serve.app) share this path.
 
 Shape legend: B=rows of a group of requests T=time P=prefix N=one request's rows.
 A request's rows draw their random numbers from their own torch.Generator seeded by the request,
@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from raygan.config import Config
-from raygan.errors import RayganError
-from raygan.models import Generator, RowStreams, lengths_from_tokens
-from raygan.tokenizer import Codec
+from raygan.core.config import Config
+from raygan.core.errors import RayganError
+from raygan.core.models import Generator
+from raygan.core.sampler import RowStreams, lengths_from_tokens
+from raygan.data.tokenizer import Codec
 
 MAX_TEMPERATURE = 10.0  # beyond this, softmax(logits / T) is uniform for any trained model
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes any int64
@@ -58,9 +59,9 @@ def load_model(path: str | Path) -> ServedModel:
 
     `directory` is where it came from, one any node can load again: the absolute checkpoint
     directory, or the URI as given (not the local cache a URI is downloaded to)."""
-    from raygan import storage
-    from raygan.checkpoint import load_generator, resolve_checkpoint_dir
-    from raygan.data import load_codec
+    from raygan.data import storage
+    from raygan.data.read import load_codec
+    from raygan.run.checkpoint import load_generator, resolve_checkpoint_dir
 
     local = resolve_checkpoint_dir(path).resolve()
     gen, config, meta = load_generator(local)  # torch.load(weights_only=True)

@@ -4,16 +4,16 @@
     raygan tune --space tune_spaces/pbt_oracle.yaml --data data/ --out tunes/a   # resumes
     raygan sample --checkpoint tunes/a/best
 
-The search space file is described in raygan.tune_space. TUNE_DIR layout: tune.json (the space,
+The search space file is described in raygan.run.tune_space. TUNE_DIR layout: tune.json (the space,
 data and overrides), ray/ (Tune's experiment: per-trial results, checkpoints, Tune's own
 TensorBoard files, pbt_global.txt), trials/<trial_id>/tb (the loop's TensorBoard per trial),
 results.json and results.md (per trial: metric, config, exploit lineage), metric.png, best/.
 
-Two kinds of trial run the same loop (raygan.loop.train_loop). With num_workers=1 the loop runs
+Two kinds of trial run the same loop (raygan.run.loop.train_loop). With num_workers=1 the loop runs
 inside the trial's own process, holding cpus_per_worker CPUs. With num_workers>1 the trial holds
 no CPU itself and launches a TorchTrainer (DDP over N workers) whose reports a Train callback
 forwards to Tune. Either way, a restored checkpoint is loaded first and the trial's own (possibly
-mutated) hyperparameters are applied after it (raygan.loop re-applies the learning rates after
+mutated) hyperparameters are applied after it (raygan.run.loop re-applies the learning rates after
 loading the optimizers and reads d_steps from its config at every step).
 """
 
@@ -30,10 +30,11 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
-from raygan import storage
-from raygan.checkpoint import META_FILE, atomic_write_text, copy_checkpoint
-from raygan.errors import RayganError
-from raygan.tune_space import SearchSpace, load_space
+from raygan.core.errors import RayganError
+from raygan.data import storage
+from raygan.run.checkpoint import META_FILE, atomic_write_text, copy_checkpoint
+from raygan.run.loop import RunSpec
+from raygan.run.tune_space import SearchSpace, load_space
 
 EXPERIMENT = "pbt"
 DRIVER_RESOURCE = {"memory": 64 * 1024**2}
@@ -48,20 +49,21 @@ def tune_trial(hparams: dict[str, Any], *, setup: dict[str, Any]) -> None:
     """One PBT member: the train loop with the space's fixed keys plus this trial's hyperparameters."""
     import ray.tune
 
-    from raygan.train import resolve_config
+    from raygan.run.train import resolve_config
 
     trial_id = ray.tune.get_context().get_trial_id()
     config = resolve_config(setup["data_dir"], {**setup["fixed"], **hparams})
-    run = {
-        "config": config.to_dict(),
-        "data_dir": setup["data_dir"],
-        "run_dir": storage.join(setup["tune_dir"], "trials", trial_id),
-        "checkpoint_meta": {"trial_id": trial_id},
-        "frontier": setup.get("frontier"),
-    }
+    frontier = setup.get("frontier")
+    run = RunSpec(
+        config=config,
+        data_dir=setup["data_dir"],
+        run_dir=storage.join(setup["tune_dir"], "trials", trial_id),
+        checkpoint_meta={"trial_id": trial_id},
+        frontier=tuple(map(tuple, frontier)) if frontier else None,
+    )
     checkpoint = ray.tune.get_checkpoint()  # [1] our own (resume) or a donor's (PBT exploit)
     restored = _restored_from(checkpoint, trial_id)
-    if config.trainer.num_workers == 1:
+    if config.placement.num_workers == 1:
         _run_in_process(run, checkpoint, restored)
     else:
         _run_distributed(run, config, checkpoint, restored, trial_id)
@@ -105,11 +107,11 @@ class _Reporter:
         ray.tune.report(metrics, checkpoint=checkpoint)  # [2] report (+ checkpoint) to Tune
 
 
-def _run_in_process(run: dict[str, Any], checkpoint, restored: dict[str, Any]) -> None:
+def _run_in_process(run: RunSpec, checkpoint, restored: dict[str, Any]) -> None:
     import ray.tune
     import torch
 
-    from raygan.loop import WorkerContext, train_loop
+    from raygan.run.loop import WorkerContext, train_loop
 
     reporter = _Reporter(restored)
 
@@ -118,7 +120,7 @@ def _run_in_process(run: dict[str, Any], checkpoint, restored: dict[str, Any]) -
         reporter(metrics, ckpt)
 
     # With use_gpu, Tune gave this trial one GPU (CUDA_VISIBLE_DEVICES names it).
-    use_gpu = run["config"]["trainer"]["use_gpu"]
+    use_gpu = run.config.placement.use_gpu
     device = torch.device("cuda" if use_gpu else "cpu")
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
         train_loop(run, WorkerContext(device=device, report=report, restore_dir=restore_dir))
@@ -128,11 +130,11 @@ def _run_distributed(run, config, checkpoint, restored, trial_id: str) -> None:
     import ray.tune
     from ray.util.queue import Empty, Queue
 
-    from raygan.train import as_train_checkpoint, forward_reports_callback, make_trainer
+    from raygan.run.train import as_train_checkpoint, forward_reports_callback, make_trainer
 
     reports, acks = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
     donor = as_train_checkpoint(checkpoint)
-    train_storage = storage.join(run["run_dir"], "train")
+    train_storage = storage.join(run.run_dir, "train")
     trainer = make_trainer(
         run,
         config,
@@ -184,8 +186,8 @@ def run_tune(
 
     scheduler="none" runs the same trials without exploit/explore: the fixed-configuration
     baseline PBT is compared against."""
-    from raygan.data import load_manifest, verify
-    from raygan.ray_env import ensure_ray
+    from raygan.data.read import load_manifest, verify
+    from raygan.run.ray_env import ensure_ray
 
     data_dir, out = storage.absolute(data_dir), storage.absolute(tune_dir)
     verify(data_dir)
@@ -205,11 +207,11 @@ def run_tune(
         f"tune: {space.trials} trials of {config.schedule.total_steps} steps, "
         f"{max_concurrent} at a time, metric {space.metric} ({space.mode}), scheduler {scheduler}"
     )
-    from raygan.console import verbose
+    from raygan.run.console import verbose
 
     callbacks = []
     if progress and not verbose():
-        from raygan.console import tune_console
+        from raygan.run.console import tune_console
 
         callbacks.append(tune_console(space.trials, config.schedule.total_steps, space.metric,
                                       space.mode))  # fmt: skip
@@ -226,7 +228,7 @@ def run_tune(
     if errors:
         raise RayganError(f"{len(errors)} of {len(grid)} trials failed; the first: {errors[0]}")
     summary = summarize(grid, space, out)
-    from raygan.run_report import write_tune_report
+    from raygan.run.report import write_tune_report
 
     summary["report"] = write_tune_report(out)
     log(f"best: trial {summary['best']['trial_id']} {space.metric}={summary['best']['metric']:.4f}")
@@ -251,8 +253,8 @@ def _frontier(space: SearchSpace, config, data_dir: str, out: str, log) -> list 
             f"{space.source}: metric frontier_distance is measured against the starting "
             "checkpoint's temperature curve: set init_from=CHECKPOINT"
         )
-    from raygan.checkpoint import load_generator
-    from raygan.loop import temperature_curve
+    from raygan.run.checkpoint import load_generator
+    from raygan.run.loop import temperature_curve
 
     gen, _, _ = load_generator(config.trainer.init_from)
     log(f"tune: MLE's curve from {config.trainer.init_from} at {len(FRONTIER_TEMPERATURES)} temperatures")
@@ -265,8 +267,8 @@ def _frontier(space: SearchSpace, config, data_dir: str, out: str, log) -> list 
 
 def _absolute_paths(overrides: dict[str, Any]) -> dict[str, Any]:
     """Trials run in their own working directories: a checkpoint path must not be relative."""
-    from raygan.checkpoint import resolve_checkpoint_dir
-    from raygan.config import flatten, resolve_key
+    from raygan.core.config import flatten, resolve_key
+    from raygan.run.checkpoint import resolve_checkpoint_dir
 
     out = {}
     for key, value in flatten(overrides).items():
@@ -297,10 +299,10 @@ def _trials_that_fit(config) -> int:
     """How many trials run at once on this cluster; refuses a trial that can never be placed."""
     import ray
 
-    from raygan.train import check_placement
+    from raygan.run.train import check_placement
 
     check_placement(config)
-    t = config.trainer
+    t = config.placement
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     workers = sum(int(n.get("CPU", 0) // t.cpus_per_worker) for n in nodes)
     if t.use_gpu:
@@ -321,7 +323,7 @@ def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurr
             "frontier": frontier,
         },
     )
-    t = config.trainer
+    t = config.placement
     if t.num_workers == 1:
         resources = {"CPU": t.cpus_per_worker, "GPU": 1 if t.use_gpu else 0}
     else:
@@ -366,12 +368,18 @@ def _make_tuner(space: SearchSpace, data_dir: str, out: str, config, max_concurr
 
 def summarize(grid, space: SearchSpace, out: str) -> dict[str, Any]:
     """results.json, results.md, metric.png and best/ from a finished ResultGrid."""
-    from raygan.report import markdown_table
+    from raygan.bench.markdown import markdown_table
 
+    sign = 1 if space.mode == "min" else -1
     trials = [_trial_summary(result, space) for result in grid]
-    trials.sort(key=lambda t: t["best_metric"] * (1 if space.mode == "min" else -1))
-    best_result = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
-    best_ckpt = best_result.get_best_checkpoint(metric=space.metric, mode=space.mode)
+    trials.sort(key=lambda t: t["best_metric"] * sign)
+    # The best kept checkpoint of any trial. Not grid.get_best_result: it ranks trials by what
+    # Tune saw during this session, and a trial's metrics_dataframe (read back from its
+    # progress file) can lack rows that one of its kept checkpoints was reported with.
+    kept = [(metrics[space.metric], result, ckpt) for result in grid
+            for ckpt, metrics in result.best_checkpoints or ()
+            if metrics.get(space.metric) is not None]  # fmt: skip
+    _, best_result, best_ckpt = min(kept, key=lambda entry: sign * entry[0])
     with best_ckpt.as_directory() as directory:
         copy_checkpoint(directory, storage.join(out, "best"))
         meta = json.loads((Path(directory) / META_FILE).read_text())
@@ -414,6 +422,7 @@ def _fmt(value: Any) -> str:
 def _trial_summary(result, space: SearchSpace) -> dict[str, Any]:
     df = result.metrics_dataframe
     values = df[space.metric].dropna()
+    kept = [m[space.metric] for _, m in result.best_checkpoints or () if m.get(space.metric) is not None]
     lineage = []
     if "exploit" in df:
         for _, row in df[df["exploit"].fillna(False).astype(bool)].iterrows():
@@ -422,7 +431,7 @@ def _trial_summary(result, space: SearchSpace) -> dict[str, Any]:
             # same donor checkpoint again: the same exploit, not a new one.
             if not lineage or lineage[-1] != event:
                 lineage.append(event)
-    best = values.min() if space.mode == "min" else values.max()
+    best = (min if space.mode == "min" else max)([*values.tolist(), *kept], default=math.nan)
     return {
         "trial_id": result.metrics["trial_id"],
         "final_metric": float(values.iloc[-1]),

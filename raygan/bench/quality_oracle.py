@@ -1,4 +1,4 @@
-"""The oracle half of the quality benchmark (raygan.quality describes the protocol): MLE's curve
+"""The oracle half of the quality benchmark (raygan.bench.quality describes the protocol): MLE's curve
 per seed, every recipe and its constant control, scored on the frontier, with time curves."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raygan.frontier import frontier_distance, pareto_front
-from raygan.quality import (
+from raygan.bench.quality import (
     MOONSHOT,
     OVERLAP_N,
     SEQGAN_GOAL,
@@ -24,6 +23,7 @@ from raygan.quality import (
     recipe_start,
     train,
 )
+from raygan.core.frontier import frontier_distance, pareto_front
 
 CONTROL = "constant"
 
@@ -33,9 +33,10 @@ def control_name(recipe: str) -> str:
 
 
 def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
-    from raygan.config import Config, apply_overrides
-    from raygan.data import load_manifest, load_oracle, prepare_oracle, read_split
-    from raygan.metrics import nll_test, sample_tokens, training_overlap
+    from raygan.core.config import Config, apply_overrides
+    from raygan.core.metrics import nll_test, sample_tokens, training_overlap
+    from raygan.data.prepare import prepare_oracle
+    from raygan.data.read import load_manifest, load_oracle, read_split
 
     data_dir = out / "oracle_data"
     if not (data_dir / "manifest.json").is_file():
@@ -55,7 +56,7 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
         return cache.get(key, lambda: _score(checkpoint, temperature, seed))
 
     def _score(checkpoint: str, temperature: float, seed: int) -> dict[str, float]:
-        from raygan.checkpoint import load_generator
+        from raygan.run.checkpoint import load_generator
 
         gen, _, _ = load_generator(checkpoint)
         samples = sample_tokens(gen, plan.eval_samples, seed=seed + 11, temperature=temperature)
@@ -93,7 +94,7 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
 
 
 def nll_oracle_of(oracle, samples) -> float:
-    from raygan.metrics import mean_token_nll
+    from raygan.core.metrics import mean_token_nll
 
     return mean_token_nll(oracle, samples.tokens_BT)
 
