@@ -1,7 +1,8 @@
 """Benchmark raygan.core.bleu against nltk on COCO captions (or seeded random sentences).
 
     python scripts/bench_bleu.py [--hypotheses 1000] [--references 10000] [--nltk-sample 20]
-                                 [--out bench_out/bleu.json]
+                                 [--markdown BENCHMARKS.md]
+    python scripts/bench_bleu.py --smoke-test       # 50 hypotheses, 200 references
 
 References: the first ``--references`` lines of the COCO test captions; hypotheses: the first
 ``--hypotheses`` lines of the COCO train captions (whitespace-tokenized), both from
@@ -18,13 +19,10 @@ scores of both must agree within 1e-9. Self-BLEU is benchmarked the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import nltk
@@ -34,6 +32,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
+from raygan.bench.harness import Benchmark, main  # noqa: E402
 from raygan.core.bleu import BleuReference, _self_bleu_scores, self_bleu  # noqa: E402
 
 COCO_DIR = REPO_ROOT.parent / "shared" / "data" / "image_coco"
@@ -47,8 +46,7 @@ WEIGHTS = [(1 / n,) * n for n in ORDERS]
 Corpus = list[list[str]]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hypotheses", type=int, default=1000, help="hypotheses scored")
     parser.add_argument("--references", type=int, default=10000, help="reference sentences")
     parser.add_argument(
@@ -59,12 +57,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="raygan.core.bleu runs; best is kept")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random fallback data")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/bleu.json"))
-    parser.add_argument(
-        "--markdown", type=Path, default=None, help="also write the table into this BENCHMARKS.md"
-    )
-    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
-    return parser.parse_args(argv)
 
 
 def read_lines(path: Path, count: int) -> Corpus:
@@ -201,15 +193,9 @@ def markdown_section(result: dict) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.from_json:
-        from raygan.bench.markdown import replace_section
-
-        replace_section(
-            args.markdown, "bleu", markdown_section(json.loads(args.from_json.read_text()))
-        )
-        return 0
+def measure(args: argparse.Namespace) -> dict:
+    if args.smoke_test:
+        args.hypotheses, args.references, args.nltk_sample, args.nltk_self_sample = 50, 200, 3, 3
     hyps, refs, source = load_data(args)
     print(f"data: {source}; {len(hyps)} hypotheses, {len(refs)} references")
     print(
@@ -218,31 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"time is extrapolated to all {len(hyps)}. raygan.core.bleu: best of {args.repeats} runs."
     )
     result = {
-        "command": shlex.join([sys.executable, *sys.argv]),
         "data_source": source,
         "num_hypotheses": len(hyps),
         "num_references": len(refs),
         "orders": list(ORDERS),
         "nltk_timing": "sample, extrapolated linearly; one sentence_bleu call with 4 weights",
         "ours_timing": f"best of {args.repeats}",
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "nltk": nltk.__version__,
-        },
-        "machine": platform.platform(),
+        "versions": {"numpy": np.__version__, "nltk": nltk.__version__},
         "bleu": bench_bleu(hyps, refs, args),
         "self_bleu": bench_self_bleu(hyps, args),
     }
-    table = markdown(result)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**result, "markdown": table}, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    if args.markdown:
-        from raygan.bench.markdown import replace_section
+    result["markdown"] = markdown(result)
+    return result
 
-        replace_section(args.markdown, "bleu", markdown_section({**result, "markdown": table}))
+
+def mismatch(result: dict) -> int:
     worst = max(result["bleu"]["sample_max_abs_diff"], result["self_bleu"]["sample_max_abs_diff"])
     if worst > TOL:
         print(f"MISMATCH: raygan.core.bleu and nltk differ by {worst:.3e} > {TOL}", file=sys.stderr)
@@ -250,5 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+BENCH = Benchmark(section="bleu", default_json="benchmarks/bleu.json", measure=measure,
+                  render=markdown_section, add_arguments=add_arguments, exit_code=mismatch)  # fmt: skip
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(BENCH, __doc__.splitlines()[0]))

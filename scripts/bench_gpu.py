@@ -1,6 +1,6 @@
 """Training throughput on one GPU: raygan's MLE step and Gumbel adversarial step, fp32 vs bf16.
 
-    python scripts/bench_gpu.py --out gpu_check_out/bench_gpu.json     # a CUDA machine, ~2 minutes
+    python scripts/bench_gpu.py --json gpu_check_out/bench_gpu.json    # a CUDA machine, ~2 minutes
     python scripts/bench_gpu.py --from-json gpu_check_out/bench_gpu.json --markdown BENCHMARKS.md
     python scripts/bench_gpu.py --smoke-test                            # tiny sizes; CPU is fine
 
@@ -25,18 +25,16 @@ import argparse
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
 import platform
 import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from raygan.bench.markdown import replace_section
+from raygan.bench.harness import Benchmark, main
 from raygan.core.config import GANConfig, ModelConfig
 from raygan.core.gan import adversarial_step, mle_step
 from raygan.core.malloc import keep_freed_memory
@@ -310,35 +308,21 @@ def run(smoke: bool) -> dict:
     return result
 
 
-def main() -> int:
+def measure(args: argparse.Namespace) -> dict:
     keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--smoke-test", action="store_true", help="tiny sizes, seconds, CPU is fine"
-    )
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--markdown", type=Path, help="also write the `gpu` section of this file")
-    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
-    args = parser.parse_args()
-    if args.from_json:
-        if not args.markdown:
-            parser.error("--from-json needs --markdown")
-        replace_section(args.markdown, "gpu", report_text(json.loads(args.from_json.read_text())))
-        return 0
     started = time.perf_counter()
     result = run(args.smoke_test)
     result["total_s"] = time.perf_counter() - started
-    text = report_text(result)
-    result["markdown"] = text
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(text)
-    if args.markdown:
-        replace_section(args.markdown, "gpu", text)
-    bad = [r for r in result["rows"] if "error" in r or not r.get("finite", True)]
-    return 1 if bad else 0
+    result["markdown"] = report_text(result)  # scripts/gpu_check.sh prints it
+    return result
 
+
+def failed(result: dict) -> int:
+    return int(any("error" in r or not r.get("finite", True) for r in result["rows"]))
+
+
+BENCH = Benchmark(section="gpu", default_json="benchmarks/gpu.json", measure=measure,
+                  render=report_text, exit_code=failed)  # fmt: skip
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(BENCH, __doc__.split("\n")[0]))

@@ -2,24 +2,22 @@
 JSON + a BENCHMARKS.md table.
 
     python scripts/bench_oracle_core.py --oracle-path ../shared/data/seqgan_oracle/target_params.npz \
-        --json benchmarks/oracle_core.json
-    python scripts/bench_oracle_core.py --from-json benchmarks/oracle_core.json   # tables only
+        --markdown BENCHMARKS.md
+    python scripts/bench_oracle_core.py --from-json benchmarks/oracle_core.json --markdown BENCHMARKS.md
     python scripts/bench_oracle_core.py --smoke-test                             # tiny, ~1 minute
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raygan.bench.harness import machine_line  # noqa: E402
-from raygan.bench.markdown import load_json, markdown_table, replace_section  # noqa: E402
+from raygan.bench.harness import Benchmark, machine_line, main  # noqa: E402
+from raygan.bench.markdown import markdown_table  # noqa: E402
 from raygan.core.malloc import keep_freed_memory  # noqa: E402
 from raygan.run.evaluate import (  # noqa: E402
     PUBLISHED,
@@ -27,7 +25,6 @@ from raygan.run.evaluate import (  # noqa: E402
     add_oracle_arguments,
     benchmark_from_args,
     run_oracle_benchmark,
-    write_result,
 )
 
 
@@ -53,50 +50,33 @@ def oracle_section(result: dict) -> str:
             "in one process; each estimator starts from the last MLE epoch with its recipe's GAN "
             "settings.",
             "",
-            f"Command: `{result['command']}` ({result['machine']}, {result['finished']}).",
+            f"Command: `{result['command']}` ({_machine(result['machine'])}, {result['finished']}).",
         ]
     )
 
 
-def main() -> int:
-    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_oracle_arguments(parser, require_source=False)
-    parser.add_argument("--json", default="benchmarks/oracle_core.json")
-    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
-    parser.add_argument("--from-json", help="only regenerate the BENCHMARKS.md section")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes; writes no markdown")
-    args = parser.parse_args()
+def _machine(machine) -> str:
+    return machine if isinstance(machine, str) else machine_line(machine)  # older JSON: a line
 
-    if args.from_json:
-        replace_section(args.markdown, "oracle-core", oracle_section(load_json(args.from_json)))
-        return 0
+
+def measure(args: argparse.Namespace) -> dict:
+    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
     bench = benchmark_from_args(args)
     if args.smoke_test:
         from raygan.core.config import ModelConfig
 
         bench = OracleBenchmark(
-            num_train=512,
-            num_test=256,
-            batch_size=32,
-            mle_epochs=2,
-            eval_every_epochs=1,
-            adv_steps=3,
-            d_pretrain_steps=2,
-            eval_samples=256,
+            num_train=512, num_test=256, batch_size=32, mle_epochs=2, eval_every_epochs=1,
+            adv_steps=3, d_pretrain_steps=2, eval_samples=256,
             model=ModelConfig(vocab_size=50, max_len=8, g_embed_dim=16, g_hidden_dim=16),
-        )
-    result = run_oracle_benchmark(bench)
-    result["command"] = "python " + shlex.join(sys.argv)
-    result["machine"] = machine_line()
-    result["finished"] = time.strftime("%Y-%m-%d")
-    write_result(result, args.json)
-    print(f"wrote {args.json}")
-    if not args.smoke_test:
-        replace_section(args.markdown, "oracle-core", oracle_section(result))
-        print(f"updated {args.markdown}")
-    return 0
+        )  # fmt: skip
+    return run_oracle_benchmark(bench)
 
+
+BENCH = Benchmark(
+    section="oracle-core", default_json="benchmarks/oracle_core.json", measure=measure,
+    render=oracle_section, add_arguments=lambda p: add_oracle_arguments(p, require_source=False),
+)  # fmt: skip
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(BENCH, __doc__.split("\n")[0]))

@@ -1,6 +1,7 @@
 """Benchmark `raygan prepare` (throughput, flat memory) and the RankBatches read path.
 
-    python scripts/bench_prepare.py --sizes-mb 30 300 --out bench_out/prepare.json
+    python scripts/bench_prepare.py --sizes-mb 30 300 --markdown BENCHMARKS.md
+    python scripts/bench_prepare.py --smoke-test       # one 0.5 MB corpus: checks the script
 
 For each size: write a text file of random sentences from a seeded vocabulary (in a temporary
 directory, deleted afterwards), run prepare_text with the word tokenizer in a fresh child process,
@@ -156,33 +157,28 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def render(report: dict) -> str:
+    results = report["results"]
+    peaks = [r["prepare"]["rss_peak_getrusage_mb"] for r in results]
+    return (
+        f"{table(results)}\n\nPeak RSS of the largest over the smallest input: "
+        f"{peaks[-1] / peaks[0]:.2f} (flat memory: prepare streams). Each measurement runs in a "
+        f"fresh process; about 270 MB of it is importing torch. Command: `{report['command']}`"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[30, 300])
-    parser.add_argument("--out", default="benchmarks/prepare.json")
-    parser.add_argument("--markdown", help="also write the table into this BENCHMARKS.md")
-    parser.add_argument("--from-json", help="only write --markdown from this JSON")
     parser.add_argument("--vocab-words", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=64, help="RankBatches batch per rank")
     parser.add_argument("--max-batches", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.from_json:
-        write_markdown(args.markdown, json.loads(Path(args.from_json).read_text()))
-        return
-    if args.child:
-        kind, *rest = args.child
-        result = (
-            child_prepare(*rest)
-            if kind == "prepare"
-            else child_read(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
-        )
-        print(json.dumps(result))
-        return
 
+
+def measure(args: argparse.Namespace) -> dict:
+    sizes = [0.5] if args.smoke_test else args.sizes_mb
     results = []
-    for megabytes in args.sizes_mb:
+    for megabytes in sizes:
         with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
             corpus = Path(tmp) / "corpus.txt"
             started = time.perf_counter()
@@ -197,32 +193,26 @@ def main() -> None:
                 {"input_mb": corpus.stat().st_size / 1e6, "prepare": prepared, "read": read}
             )
             print(json.dumps(results[-1]), file=sys.stderr)
-    if len(results) > 1:
-        peaks = [r["prepare"]["rss_peak_getrusage_mb"] for r in results]
-        print(f"peak RSS ratio largest/smallest input: {peaks[-1] / peaks[0]:.2f}", file=sys.stderr)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join(["scripts/bench_prepare.py", *sys.argv[1:]])
-    from raygan.bench.harness import machine
-
-    report = {"command": command, "machine": machine(), "results": results}
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(table(results))
-    if args.markdown:
-        write_markdown(args.markdown, report)
+    return {"results": results}
 
 
-def write_markdown(path: str, report: dict) -> None:
-    from raygan.bench.markdown import replace_section
-
-    results = report["results"]
-    peaks = [r["prepare"]["rss_peak_getrusage_mb"] for r in results]
-    body = (
-        f"{table(results)}\n\nPeak RSS of the largest over the smallest input: "
-        f"{peaks[-1] / peaks[0]:.2f} (flat memory: prepare streams). Each measurement runs in a "
-        f"fresh process; about 270 MB of it is importing torch. Command: `{report['command']}`"
+def child(argv: list[str]) -> None:
+    """A measurement in this fresh process (run_child): its JSON on the last line of stdout."""
+    kind, *rest = argv
+    result = (
+        child_prepare(*rest)
+        if kind == "prepare"
+        else child_read(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
     )
-    replace_section(path, "prepare", body)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2:])
+    else:  # the children above import only what they measure
+        from raygan.bench.harness import Benchmark, main
+
+        bench = Benchmark(section="prepare", default_json="benchmarks/prepare.json",
+                          measure=measure, render=render, add_arguments=add_arguments)  # fmt: skip
+        sys.exit(main(bench, __doc__.split("\n\n")[0]))

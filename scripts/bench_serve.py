@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
-from raygan.bench.harness import machine
-from raygan.bench.markdown import markdown_table, replace_section
+from raygan.bench.harness import Benchmark, machine, main
+from raygan.bench.markdown import markdown_table
 from raygan.run.ray_env import free_port, ray_environment
 
 BATCHED, UNBATCHED, ECHO, LOADED = "batched", "unbatched", "echo", "loaded"
@@ -505,16 +505,7 @@ def report_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/serve.json"))
-    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, ~2 minutes")
-    parser.add_argument("--markdown", type=Path, help="also write the tables into BENCHMARKS.md")
-    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
-    args = parser.parse_args()
-    if args.from_json:
-        replace_section(args.markdown, "serve", report_text(json.loads(args.from_json.read_text())))
-        return 0
+def measure(args: argparse.Namespace) -> dict:
     ray_environment()  # RAY_USAGE_STATS_ENABLED=0, RAY_AUTH_MODE=disabled
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up Ray and temp dirs too
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rgs-", dir="/tmp")  # short socket paths
@@ -526,13 +517,11 @@ def main() -> int:
     finally:
         shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
     result["total_s"] = time.perf_counter() - started
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(report_text(result))
-    if args.markdown:
-        replace_section(args.markdown, "serve", report_text(result))
-    return 0
+    return result
 
+
+BENCH = Benchmark(section="serve", default_json="benchmarks/serve.json", measure=measure,
+                  render=report_text)  # fmt: skip
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(BENCH, __doc__.split("\n")[0]))

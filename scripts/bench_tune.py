@@ -1,7 +1,7 @@
 """PBT against the same trials with fixed configurations, at equal compute, on the SeqGAN oracle,
 ranked by the frontier objective (how far below MLE's temperature curve a trial has moved).
 
-    python scripts/bench_tune.py --markdown BENCHMARKS.md     # not yet timed on this space
+    python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~15 minutes on 2 CPUs
     python scripts/bench_tune.py --smoke-test                 # tiny sizes, checks the script
 
 1. prepare: 10,000 training and 2,000 held-out samples of SeqGAN's oracle
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import shlex
 import shutil
 import sys
@@ -34,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from raygan.bench.markdown import markdown_table, replace_section
+from raygan.bench.harness import Benchmark, main
+from raygan.bench.markdown import markdown_table
 from raygan.data.prepare import prepare_oracle
 from raygan.run.checkpoint import copy_checkpoint
 from raygan.run.loop import RunSpec, WorkerContext, train_loop
@@ -179,7 +179,6 @@ def run(s: Sizes, work: Path, smoke: bool) -> dict:
         "pretrain": pre,
         "arms": arms,
         "space": SPACE.name,
-        "machine": {"cpus": 2, "platform": platform.platform(), "torch": torch.__version__},
     }
 
 
@@ -225,30 +224,16 @@ def report_text(result: dict) -> str:
     ])  # fmt: skip
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/tune.json"))
-    parser.add_argument("--markdown", type=Path, help="write the table into this BENCHMARKS.md")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes; checks the script")
-    parser.add_argument("--from-json", type=Path, help="only write --markdown from this JSON")
-    args = parser.parse_args()
-    if args.from_json:
-        replace_section(args.markdown, "tune", report_text(json.loads(args.from_json.read_text())))
-        return 0
+def measure(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="raygan-bench-tune-"))
     try:
-        result = run(SMOKE if args.smoke_test else FULL, work, args.smoke_test)
+        return run(SMOKE if args.smoke_test else FULL, work, args.smoke_test)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = report_text(result)
-    print(text)
-    if not args.smoke_test:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str))
-        if args.markdown:
-            replace_section(args.markdown, "tune", text)
-    return 0
 
+
+BENCH = Benchmark(section="tune", default_json="benchmarks/tune.json", measure=measure,
+                  render=report_text)  # fmt: skip
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(BENCH, __doc__.split("\n")[0]))

@@ -87,7 +87,7 @@ export -f smoke_run
 step nccl_train 150 bash -c smoke_run
 
 # 3. Throughput, printed as a table and kept as JSON.
-step bench_gpu 170 "$PYTHON" scripts/bench_gpu.py $BENCH_SIZE --out "$OUT/bench_gpu.json"
+step bench_gpu 170 "$PYTHON" scripts/bench_gpu.py $BENCH_SIZE --json "$OUT/bench_gpu.json"
 
 echo
 echo "| step | result | time |"

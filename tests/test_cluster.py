@@ -201,7 +201,7 @@ def serve_key_errors(config: dict) -> list[str]:
 
 def serve_args_fields() -> set[str]:
     """raygan.serve.app.ServeArgs' fields, read from the source (importing Serve costs seconds)."""
-    tree = ast.parse((REPO / "raygan" / "serve.py").read_text())
+    tree = ast.parse((REPO / "raygan" / "serve" / "app.py").read_text())
     [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ServeArgs"]
     return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)} - {"model_config"}
 

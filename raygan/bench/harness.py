@@ -1,12 +1,22 @@
-"""What every benchmark script shares: the machine it ran on, recorded beside its numbers."""
+"""What every benchmark script shares: one command line (`main`), and the machine it ran on,\nrecorded beside its numbers."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
+import json
 import os
 import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from raygan.bench.markdown import replace_section
+from raygan.run.checkpoint import atomic_write_text
 
 PACKAGES = ("torch", "ray", "pyarrow", "tokenizers")
 
@@ -42,3 +52,63 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     info = info or machine()
     gpu = f", {info['gpu']}" if info.get("gpu") else ""
     return f"{info['cpu']}, {info['cpus']} CPUs, torch threads {info['torch_threads']}{gpu}"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One scripts/bench_*.py: what it measures and how its BENCHMARKS.md section reads.
+
+    `measure(args)` runs the benchmark (args.smoke_test: tiny sizes that only check the script)
+    and returns its JSON; `render(result)` writes the section from that JSON alone, so
+    `--from-json` regenerates the section without measuring again; `exit_code(result)` turns a
+    failed check inside the result into a non-zero exit."""
+
+    section: str
+    default_json: str
+    measure: Callable[[argparse.Namespace], dict[str, Any]]
+    render: Callable[[dict[str, Any]], str]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    exit_code: Callable[[dict[str, Any]], int] | None = None
+
+
+def main(bench: Benchmark, description: str, argv: Sequence[str] | None = None) -> int:
+    """The command line every benchmark script shares:
+
+    --json PATH        where the measurements go (default: the published file; a smoke test
+                       writes JSON only where --json names a file)
+    --markdown PATH    also write the section into this file (BENCHMARKS.md)
+    --from-json PATH   only rewrite --markdown's section from this JSON (no measuring)
+    --smoke-test       tiny sizes: checks that the script runs, publishes nothing
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", help=f"write the results here (default {bench.default_json})")
+    parser.add_argument("--out", dest="json", help=argparse.SUPPRESS)  # the older spelling
+    parser.add_argument("--markdown", help="also write the section into this BENCHMARKS.md")
+    parser.add_argument("--from-json", help="only write --markdown's section from this JSON")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes; publishes nothing")
+    if bench.add_arguments:
+        bench.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.from_json:
+        if not args.markdown:
+            parser.error("--from-json needs --markdown")
+        result = json.loads(Path(args.from_json).read_text())
+        replace_section(args.markdown, bench.section, bench.render(result))
+        return 0
+    json_path = args.json or (None if args.smoke_test else bench.default_json)
+    started = time.perf_counter()
+    result = bench.measure(args)
+    result.setdefault("total_s", time.perf_counter() - started)
+    script = Path(sys.argv[0]).name if argv is None else "bench"
+    result.setdefault("command", shlex.join(["python", f"scripts/{script}", *(argv or sys.argv[1:])]))
+    result.setdefault("machine", machine())
+    result.setdefault("finished", time.strftime("%Y-%m-%d"))
+    text = bench.render(result)
+    print(text)
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=2, default=str) + "\n")
+        print(f"wrote {json_path}")
+    if args.markdown and not args.smoke_test:
+        replace_section(args.markdown, bench.section, text)
+        print(f"updated {args.markdown}")
+    return bench.exit_code(result) if bench.exit_code else 0

@@ -422,7 +422,10 @@ def _fmt(value: Any) -> str:
 def _trial_summary(result, space: SearchSpace) -> dict[str, Any]:
     df = result.metrics_dataframe
     values = df[space.metric].dropna()
+    # The dataframe is read back from the trial's progress file; result.metrics (the last
+    # report) and the kept checkpoints' metrics come from Tune itself, so they count too.
     kept = [m[space.metric] for _, m in result.best_checkpoints or () if m.get(space.metric) is not None]
+    last = result.metrics or {}
     lineage = []
     if "exploit" in df:
         for _, row in df[df["exploit"].fillna(False).astype(bool)].iterrows():
@@ -431,12 +434,14 @@ def _trial_summary(result, space: SearchSpace) -> dict[str, Any]:
             # same donor checkpoint again: the same exploit, not a new one.
             if not lineage or lineage[-1] != event:
                 lineage.append(event)
-    best = (min if space.mode == "min" else max)([*values.tolist(), *kept], default=math.nan)
+    final = last.get(space.metric)
+    final = values.iloc[-1] if final is None else final
+    best = (min if space.mode == "min" else max)([*values.tolist(), *kept, final])
     return {
-        "trial_id": result.metrics["trial_id"],
-        "final_metric": float(values.iloc[-1]),
+        "trial_id": last["trial_id"],
+        "final_metric": float(final),
         "best_metric": float(best) if not math.isnan(best) else math.nan,
-        "steps": int(df["step"].max()),
+        "steps": max(int(df["step"].max()), int(last.get("step", 0))),
         "config": {k: result.config[k] for k in space.search},
         "lineage": lineage,
     }
