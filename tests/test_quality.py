@@ -20,14 +20,13 @@ from raygan.bench.quality import (
     beats,
     fed_model_path,
     finite,
-    frechet_distance,
     mean_std,
 )
 from raygan.bench.quality_oracle import first_reach, time_curve
 from raygan.bench.quality_report import markdown
 from raygan.core.errors import RayganError
 from raygan.core.frontier import frontier_distance
-from raygan.core.metrics import mean_token_nll
+from raygan.core.metrics import frechet_distance, mean_token_nll
 from raygan.core.models import Generator
 from raygan.run.events import read_scalars
 from tests.conftest import TINY, TINY_WORDS

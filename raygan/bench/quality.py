@@ -39,8 +39,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from raygan.core.errors import RayganError
 from raygan.core.frontier import dominated, frontier_distance, pareto_front
 
@@ -286,12 +284,11 @@ def frontier_points(sweep: list[dict], x: str, y: str, sign_y: float = 1.0) -> l
 
 # -- text ----------------------------------------------------------------------------------------
 def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
-    from raygan.core.bleu import BleuReference, self_bleu
+    from raygan.core.bleu import BleuReference, bleu_tokens, self_bleu
     from raygan.core.metrics import nll_test, sample_tokens
     from raygan.data.prepare import prepare_text
     from raygan.data.read import load_codec, load_manifest, read_split
     from raygan.run.checkpoint import load_generator
-    from raygan.run.loop import _trim
 
     data_dir = out / "text_data"
     if not (data_dir / "manifest.json").is_file():
@@ -302,7 +299,7 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     manifest = load_manifest(str(data_dir))
     codec, eos = load_codec(str(data_dir)), manifest["eos_id"]
     test_NT, test_len_N = read_split(str(data_dir), "test")
-    refs = _trim(test_NT, test_len_N, eos)
+    refs = bleu_tokens(test_NT, test_len_N, eos)
     reference = BleuReference(refs, max_n=max(BLEU_ORDERS))
     references_text = [codec.decode(r) for r in refs]
     seed = plan.seeds[0]
@@ -317,7 +314,7 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     def _score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
         gen, _, _ = load_generator(checkpoint)
         samples = sample_tokens(gen, plan.text_hypotheses, seed=seed + 11, temperature=temperature)
-        hyps = _trim(samples.tokens_BT, samples.lengths_B, eos)
+        hyps = bleu_tokens(samples.tokens_BT, samples.lengths_B, eos)
         bleu = reference.bleu(hyps, BLEU_ORDERS)
         selfb = self_bleu(hyps[: plan.text_self_bleu], BLEU_ORDERS)
         scores: dict[str, Any] = {"temperature": temperature}
@@ -449,32 +446,9 @@ def fed(texts: list[str], references: list[str], model: str) -> float | None:
         return None
     a = encoder.encode(texts, batch_size=256, convert_to_numpy=True)
     b = encoder.encode(references, batch_size=256, convert_to_numpy=True)
+    from raygan.core.metrics import frechet_distance
+
     return frechet_distance(a, b)
-
-
-def frechet_distance(a_ND: np.ndarray, b_MD: np.ndarray) -> float:
-    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to the rows.
-
-    tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of the symmetric
-    A^(1/2) S_b A^(1/2) (A = S_a), which avoids a non-symmetric matrix square root.
-    """
-    a_ND, b_MD = np.asarray(a_ND, np.float64), np.asarray(b_MD, np.float64)
-    if a_ND.ndim != 2 or b_MD.ndim != 2 or a_ND.shape[1] != b_MD.shape[1]:
-        raise ValueError(
-            f"need two (rows, dim) arrays of one dim, got {a_ND.shape} and {b_MD.shape}"
-        )
-    if len(a_ND) < 2 or len(b_MD) < 2:
-        raise ValueError("need at least 2 rows on each side to estimate a covariance")
-    mu_a, mu_b = a_ND.mean(0), b_MD.mean(0)
-    cov_a, cov_b = (
-        np.atleast_2d(np.cov(a_ND, rowvar=False)),
-        np.atleast_2d(np.cov(b_MD, rowvar=False)),
-    )
-    w, v = np.linalg.eigh(cov_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
 def finite(result: dict[str, Any]) -> bool:

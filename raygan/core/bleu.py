@@ -375,3 +375,10 @@ def self_bleu(
         )
     scores = _self_bleu_scores(sents, orders)
     return _result({k: _mean(v) for k, v in scores.items()}, n)
+
+
+def bleu_tokens(tokens_NT, lengths_N, eos_id: int | None) -> list[list[int]]:
+    """Token lists without EOS and padding, as BLEU compares them (tensors or arrays: (N, T)
+    token ids and (N,) lengths, EOS included)."""
+    rows = [row[: int(n)] for row, n in zip(tokens_NT.tolist(), lengths_N.tolist(), strict=True)]
+    return [row[:-1] if eos_id is not None and row and row[-1] == eos_id else row for row in rows]

@@ -312,11 +312,11 @@ class Config:
     def keys(cls) -> dict[str, str]:
         """Every bare field name mapped to its section."""
         return {
-            f.name: section for section, sub in _sections().items() for f in dataclasses.fields(sub)
+            f.name: section for section, sub in sections().items() for f in dataclasses.fields(sub)
         }
 
 
-def _sections() -> dict[str, type]:
+def sections() -> dict[str, type]:
     return {
         "model": ModelConfig,
         "gan": GANConfig,
@@ -380,7 +380,7 @@ def apply_overrides(config: Config, overrides: dict[str, Any] | list[str]) -> Co
         config = dataclasses.replace(
             config, schedule=dataclasses.replace(config.schedule, recipe=name)
         )
-    per_section: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in sections()}
     for key, value in flat.items():
         section, name = resolve_key(key)
         per_section[section][name] = _convert(section, name, value)
@@ -397,7 +397,7 @@ def resolve_key(key: str) -> tuple[str, str]:
     owners = Config.keys()
     if "." in key:
         section, name = key.split(".", 1)
-        if section in _sections() and owners.get(name) == section:
+        if section in sections() and owners.get(name) == section:
             return section, name
         if section == "trainer" and owners.get(name) == "placement":
             return "placement", name  # a config (checkpoint, run.json) from before that section
@@ -426,7 +426,7 @@ def parse_key_values(items: list[str]) -> dict[str, str]:
 def flatten(data: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _sections() and isinstance(value, dict):
+        if key in sections() and isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
@@ -435,7 +435,7 @@ def flatten(data: dict[str, Any]) -> dict[str, Any]:
 
 def _convert(section: str, name: str, value: Any) -> Any:
     """Coerce a YAML/CLI value to the field's declared type, naming the field on failure."""
-    hint = typing.get_type_hints(_sections()[section])[name]
+    hint = typing.get_type_hints(sections()[section])[name]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if type(None) in allowed:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -138,3 +139,28 @@ def nll_test(
     """NLL_test: held-out real sequences under G (at `temperature`, the distribution G samples
     from there); padding after EOS is not counted."""
     return mean_token_nll(gen, tokens_BT, lengths_B, temperature)
+
+
+def frechet_distance(a_ND: np.ndarray, b_MD: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to the rows.
+
+    tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of the symmetric
+    A^(1/2) S_b A^(1/2) (A = S_a), which avoids a non-symmetric matrix square root.
+    """
+    a_ND, b_MD = np.asarray(a_ND, np.float64), np.asarray(b_MD, np.float64)
+    if a_ND.ndim != 2 or b_MD.ndim != 2 or a_ND.shape[1] != b_MD.shape[1]:
+        raise ValueError(
+            f"need two (rows, dim) arrays of one dim, got {a_ND.shape} and {b_MD.shape}"
+        )
+    if len(a_ND) < 2 or len(b_MD) < 2:
+        raise ValueError("need at least 2 rows on each side to estimate a covariance")
+    mu_a, mu_b = a_ND.mean(0), b_MD.mean(0)
+    cov_a, cov_b = (
+        np.atleast_2d(np.cov(a_ND, rowvar=False)),
+        np.atleast_2d(np.cov(b_MD, rowvar=False)),
+    )
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)

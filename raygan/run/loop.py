@@ -215,9 +215,9 @@ class Evaluator:
         self.codec = load_codec(data_dir)
         self.references = None
         if self.oracle is None:
-            from raygan.core.bleu import BleuReference
+            from raygan.core.bleu import BleuReference, bleu_tokens
 
-            self.references = BleuReference(_trim(test_NT, test_len_N, cfg.model.eos_id), max_n=4)
+            self.references = BleuReference(bleu_tokens(test_NT, test_len_N, cfg.model.eos_id), max_n=4)
 
     def __call__(self, gen: nn.Module, seed: int, disc: nn.Module | None = None) -> dict[str, Any]:
         from raygan.core.metrics import heldout_d_accuracy, mean_token_nll, sample_tokens
@@ -235,9 +235,9 @@ class Evaluator:
                 point = (out["nll_test"], out["nll_oracle"])
                 out["frontier_distance"] = frontier_distance(self.frontier, point, extrapolate=True)
         else:
-            from raygan.core.bleu import self_bleu
+            from raygan.core.bleu import bleu_tokens, self_bleu
 
-            hyps = _trim(samples.tokens_BT, samples.lengths_B, self.cfg.model.eos_id)
+            hyps = bleu_tokens(samples.tokens_BT, samples.lengths_B, self.cfg.model.eos_id)
             out["bleu4"] = self.references.bleu(hyps, 4)
             out["self_bleu4"] = self_bleu(hyps, 4) if len(hyps) > 1 else 0.0
             out["bleu_f4"] = bleu_f(out["bleu4"], out["self_bleu4"])
@@ -254,12 +254,6 @@ def bleu_f(bleu: float, self_bleu: float) -> float:
     """
     diversity = 1.0 - self_bleu
     return 0.0 if bleu + diversity <= 0 else 2 * bleu * diversity / (bleu + diversity)
-
-
-def _trim(tokens_NT: torch.Tensor, lengths_N: torch.Tensor, eos_id: int | None) -> list[list[int]]:
-    """Token lists without EOS and padding, as BLEU compares them."""
-    rows = [row[: int(n)] for row, n in zip(tokens_NT.tolist(), lengths_N.tolist(), strict=True)]
-    return [row[:-1] if eos_id is not None and row and row[-1] == eos_id else row for row in rows]
 
 
 class TensorBoard:

@@ -272,10 +272,10 @@ def _dist(path: Path, name: str, spec: Any) -> Dist:
 def _field_type(name: str) -> type:
     import typing
 
-    from raygan.core.config import _sections
+    from raygan.core.config import sections
 
     section = Config.keys()[name]
-    hint = typing.get_type_hints(_sections()[section])[name]
+    hint = typing.get_type_hints(sections()[section])[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 
