@@ -4,8 +4,8 @@ oracle, time to quality, and COCO captions. JSON, PNG and a BENCHMARKS.md sectio
 
     python scripts/bench_quality.py --oracle-path ../shared/data/seqgan_oracle/target_params.npz \
         --coco ../shared/data/image_coco --out bench_out/quality
-    python scripts/bench_quality.py --from-json benchmarks/quality.json   # tables only
-    python scripts/bench_quality.py --small --out /tmp/q                  # tiny, a few minutes
+    python scripts/bench_quality.py --from-json benchmarks/quality.json   # the section only
+    python scripts/bench_quality.py --smoke-test --out /tmp/q             # tiny, a few minutes
 
 Finished runs under --out are reused and unfinished ones resume, so an interrupted benchmark is
 continued by running the same command again. raygan/bench/quality.py describes the protocol.
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section to write")
     p.add_argument(
-        "--small", action="store_true", help="tiny sizes: checks the pipeline, not quality"
+        "--smoke-test", "--small", dest="small", action="store_true",
+        help="tiny sizes: checks the pipeline, not quality",
     )
     p.add_argument("--json", default="benchmarks/quality.json")
     p.add_argument("--png", default="benchmarks/quality.png")

@@ -19,14 +19,15 @@ from raygan.run.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from raygan.run.train import _usable_checkpoint, resolve_config
+from raygan.run.train import resolve_config, usable_checkpoint
 from tests.conftest import TINY_TRAIN
 
 
 def _save(directory: Path, oracle_data: str, step: int) -> Path:
     config = resolve_config(oracle_data, TINY_TRAIN)
     state = {"step": step, "weights": torch.arange(1000, dtype=torch.float32) * step}
-    return save_checkpoint(directory, state=state, config=config, meta={"step": step},
+    meta = {"step": step, "metrics": {"batches_consumed": 2 * step}}
+    return save_checkpoint(directory, state=state, config=config, meta=meta,
                            data_dir=oracle_data)  # fmt: skip
 
 
@@ -89,19 +90,38 @@ def test_resume_skips_a_damaged_newest_checkpoint(oracle_data, tmp_path):
     (paths[1] / META_FILE).write_text("{")  # unreadable metadata
     newest = ray.train.Checkpoint(str(paths[2]))
     warned = pytest.warns(UserWarning, match="resuming from .*10-00-01 instead")
-    with warned as caught, _usable_checkpoint(newest, warn=True) as (directory, bad):
+    with warned as caught, usable_checkpoint(newest, warn=True) as (directory, bad):
         assert load_checkpoint(directory)[0]["step"] == 1
     message = str(caught[0].message)
     assert "10-00-03" in message and "10-00-02" in message and len(bad) == 2
-    with _usable_checkpoint(ray.train.Checkpoint(str(paths[0])), warn=True) as (directory, bad):
+    with usable_checkpoint(ray.train.Checkpoint(str(paths[0])), warn=True) as (directory, bad):
         assert Path(directory) == paths[0] and bad == []  # a good newest: used as is, no warning
-    with _usable_checkpoint(None, warn=True) as (directory, bad):
+    with usable_checkpoint(None, warn=True) as (directory, bad):
         assert directory is None and bad == []
+
+
+def test_a_tune_trial_resumes_from_its_newest_good_checkpoint(oracle_data, tmp_path):
+    """A trial's checkpoints (Tune names them checkpoint_000000, ...): its restart skips a damaged
+    newest one as a training run does, and reports where it restarted from that one's meta."""
+    import ray.tune
+
+    from raygan.run.train import as_train_checkpoint
+    from raygan.run.tune import _restored_from
+
+    trial = tmp_path / "trial"
+    paths = [_save(trial / f"checkpoint_{i:06d}", oracle_data, 10 * (i + 1)) for i in range(3)]
+    (paths[2] / STATE_FILE).write_bytes((paths[2] / STATE_FILE).read_bytes()[:1000])
+    newest = ray.tune.Checkpoint.from_directory(str(paths[2]))
+    warned = pytest.warns(UserWarning, match="checkpoint_000001 instead")
+    with warned, usable_checkpoint(as_train_checkpoint(newest), warn=True) as (directory, bad):
+        assert Path(directory) == paths[1] and len(bad) == 1
+        restored = _restored_from(directory, "t1")
+        assert (restored["restored_step"], restored["restored_batches"]) == (20, 40)
 
 
 def test_resume_with_no_loadable_checkpoint_is_a_clear_error(oracle_data, tmp_path):
     only = _save(tmp_path / "ray" / "checkpoint_2026-12-03_10-00-01", oracle_data, 1)
     (only / STATE_FILE).write_bytes(b"")
     refused = pytest.raises(RayganError, match=r"no checkpoint of this run loads .*--fresh starts")
-    with refused, _usable_checkpoint(ray.train.Checkpoint(str(only)), warn=False):
+    with refused, usable_checkpoint(ray.train.Checkpoint(str(only)), warn=False):
         pass

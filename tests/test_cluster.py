@@ -223,6 +223,16 @@ def test_rayservice_serve_config_validates():
     assert "checkpoint" in app["args"] and set(app["args"]) <= serve_args_fields()
 
 
+@pytest.mark.parametrize("import_path", ["raygan.serve.app:app_builder", "raygan.serve:app_builder"])
+def test_serve_import_paths_resolve_to_the_builder(import_path):
+    """The shipped path, and the one Serve configs used before raygan.serve became a package."""
+    from ray._common.utils import import_attr
+
+    from raygan.serve.app import app_builder
+
+    assert import_attr(import_path) is app_builder
+
+
 def test_a_misspelt_serve_key_is_reported():
     config = _rayservice_serve_config()
     app = config["applications"][0]

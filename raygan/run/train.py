@@ -61,7 +61,7 @@ def train_loop_per_worker(run: RunSpec) -> dict[str, Any]:
 
     checkpoint = ray.train.get_checkpoint()  # [1] resume from the newest checkpoint, if any
     shown = console.warnings_shown() if console else contextlib.nullcontext()
-    with shown, _usable_checkpoint(checkpoint, warn=context.get_world_rank() == 0) as (restore_dir, bad):
+    with shown, usable_checkpoint(checkpoint, warn=context.get_world_rank() == 0) as (restore_dir, bad):
         ctx = WorkerContext(
             rank=context.get_world_rank(),
             world_size=context.get_world_size(),
@@ -79,7 +79,7 @@ def train_loop_per_worker(run: RunSpec) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _usable_checkpoint(checkpoint, *, warn: bool):
+def usable_checkpoint(checkpoint, *, warn: bool):
     """(local directory, problems): the newest checkpoint that loads, Ray's newest or, where that
     one is damaged (truncated, failing its sha256), the newest good one beside it, with a warning
     naming the bad ones. (None, []) for a fresh run; RayganError when none of them loads. Every

@@ -62,19 +62,19 @@ def tune_trial(hparams: dict[str, Any], *, setup: dict[str, Any]) -> None:
         frontier=tuple(map(tuple, frontier)) if frontier else None,
     )
     checkpoint = ray.tune.get_checkpoint()  # [1] our own (resume) or a donor's (PBT exploit)
-    restored = _restored_from(checkpoint, trial_id)
     if config.placement.num_workers == 1:
-        _run_in_process(run, checkpoint, restored)
+        _run_in_process(run, checkpoint, trial_id)
     else:
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
+            restored = _restored_from(directory, trial_id)
         _run_distributed(run, config, checkpoint, restored, trial_id)
 
 
-def _restored_from(checkpoint, trial_id: str) -> dict[str, Any]:
+def _restored_from(directory: str | None, trial_id: str) -> dict[str, Any]:
     """Where a restarted trial starts: the checkpoint's writer, step and data position."""
-    if checkpoint is None:
+    if directory is None:
         return {}
-    with checkpoint.as_directory() as directory:
-        meta = json.loads((Path(directory) / META_FILE).read_text())
+    meta = json.loads((Path(directory) / META_FILE).read_text())
     donor = meta.get("trial_id", trial_id)
     return {
         "restored_from": donor,
@@ -107,22 +107,24 @@ class _Reporter:
         ray.tune.report(metrics, checkpoint=checkpoint)  # [2] report (+ checkpoint) to Tune
 
 
-def _run_in_process(run: RunSpec, checkpoint, restored: dict[str, Any]) -> None:
+def _run_in_process(run: RunSpec, checkpoint, trial_id: str) -> None:
+    """The loop in this trial's process. A damaged checkpoint (truncated, failing its sha256) is
+    skipped for the newest good one beside it, with a warning, as `raygan train` does."""
     import ray.tune
     import torch
 
     from raygan.run.loop import WorkerContext, train_loop
-
-    reporter = _Reporter(restored)
-
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        ckpt = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        reporter(metrics, ckpt)
+    from raygan.run.train import as_train_checkpoint, usable_checkpoint
 
     # With use_gpu, Tune gave this trial one GPU (CUDA_VISIBLE_DEVICES names it).
-    use_gpu = run.config.placement.use_gpu
-    device = torch.device("cuda" if use_gpu else "cpu")
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
+    device = torch.device("cuda" if run.config.placement.use_gpu else "cpu")
+    with usable_checkpoint(as_train_checkpoint(checkpoint), warn=True) as (restore_dir, _):
+        reporter = _Reporter(_restored_from(restore_dir, trial_id))
+
+        def report(metrics: dict, checkpoint_dir: str | None) -> None:
+            ckpt = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            reporter(metrics, ckpt)
+
         train_loop(run, WorkerContext(device=device, report=report, restore_dir=restore_dir))
 
 
