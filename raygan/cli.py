@@ -36,7 +36,7 @@ def _add_evaluate(sub) -> None:
         description="MLE pretraining then gumbel/rollout/dense adversarial training on an oracle, "
         "printing NLL_oracle and NLL_test per phase and the wall time.",
     )
-    from raygan.run.evaluate import add_oracle_arguments
+    from raygan.run.oracle_benchmark import add_oracle_arguments
 
     add_oracle_arguments(o)
     o.add_argument("--out", help="write the results as JSON here")
@@ -44,7 +44,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from raygan.run.evaluate import benchmark_from_args, run_oracle_benchmark, write_result
+    from raygan.run.oracle_benchmark import benchmark_from_args, run_oracle_benchmark, write_result
 
     bench = benchmark_from_args(args)
     result = run_oracle_benchmark(bench)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from raygan.bench.harness import Benchmark, machine_line, main  # noqa: E402
 from raygan.bench.markdown import markdown_table  # noqa: E402
 from raygan.core.malloc import keep_freed_memory  # noqa: E402
-from raygan.run.evaluate import (  # noqa: E402
+from raygan.run.oracle_benchmark import (  # noqa: E402
     PUBLISHED,
     OracleBenchmark,
     add_oracle_arguments,

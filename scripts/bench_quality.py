@@ -3,8 +3,8 @@ temperature curve, every shipped recipe and its constant control over seeds on t
 oracle, time to quality, and COCO captions. JSON, PNG and a BENCHMARKS.md section.
 
     python scripts/bench_quality.py --oracle-path ../shared/data/seqgan_oracle/target_params.npz \
-        --coco ../shared/data/image_coco --out bench_out/quality
-    python scripts/bench_quality.py --from-json benchmarks/quality.json   # the section only
+        --coco ../shared/data/image_coco --out bench_out/quality --markdown BENCHMARKS.md
+    python scripts/bench_quality.py --from-json benchmarks/quality.json --markdown BENCHMARKS.md
     python scripts/bench_quality.py --smoke-test --out /tmp/q             # tiny, a few minutes
 
 Finished runs under --out are reused and unfinished ones resume, so an interrupted benchmark is
@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
-import shlex
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raygan.bench.markdown import load_json, replace_section  # noqa: E402
+from raygan.bench.harness import Benchmark  # noqa: E402
+from raygan.bench.harness import main as harness_main  # noqa: E402
 from raygan.bench.quality import QualityPlan, placement_settings, run_quality  # noqa: E402
 from raygan.bench.quality_report import markdown, plot  # noqa: E402
 from raygan.core.config import parse_key_values  # noqa: E402
 from raygan.core.errors import RayganError  # noqa: E402
 from raygan.core.malloc import keep_freed_memory  # noqa: E402
-from raygan.run.checkpoint import atomic_write_text  # noqa: E402
 
 SECTION = "quality"
 # The small mode: a tiny random oracle and model, a handful of steps of every recipe; it checks
@@ -71,9 +68,7 @@ SMALL = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench_out/quality", help="working directory (data and runs)")
     p.add_argument(
         "--oracle-path", help="SeqGAN target_params.npz; default: a seeded random oracle"
@@ -102,36 +97,26 @@ def main(argv: list[str] | None = None) -> int:
         help="raygan train settings for every run, e.g. use_gpu=true num_workers=2",
     )
     p.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section to write")
-    p.add_argument(
-        "--smoke-test", "--small", dest="small", action="store_true",
-        help="tiny sizes: checks the pipeline, not quality",
-    )
-    p.add_argument("--json", default="benchmarks/quality.json")
-    p.add_argument("--png", default="benchmarks/quality.png")
-    p.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="'' to skip")
-    p.add_argument("--from-json", help="only regenerate the BENCHMARKS.md section from this JSON")
-    args = p.parse_args(argv)
-    try:
-        if args.from_json:
-            replace_section(args.markdown, args.section, markdown(load_json(args.from_json)))
-            return 0
-        plan = _plan(args)
-        result = run_quality(plan)
-    except RayganError as exc:
-        print(f"bench_quality: {exc}", file=sys.stderr)
-        return 2
-    result["command"] = "python " + shlex.join(["scripts/bench_quality.py", *sys.argv[1:]])
+    p.add_argument("--small", dest="smoke_test", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--png", help="the plot (default benchmarks/quality.png; none in a smoke test)")
+
+
+def measure(args: argparse.Namespace) -> dict:
+    keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
+    plan = _plan(args)
+    result = run_quality(plan)
     result["machine"] = _machine(placement_settings(plan.train_overrides).use_gpu)
-    result["finished"] = time.strftime("%Y-%m-%d")
-    # the image link of the BENCHMARKS.md section, which sits at the repository's root
-    result["plot"] = os.path.relpath(Path(args.png).resolve(), ROOT)
-    plot(result, args.png)
-    atomic_write_text(args.json, json.dumps(result, indent=2))
-    print(f"wrote {args.json} and {args.png}")
-    if args.markdown:
-        replace_section(args.markdown, args.section, markdown(result))
-        print(f"updated {args.markdown}")
-    return 0
+    png = args.png or (None if args.smoke_test else "benchmarks/quality.png")
+    if png:
+        # the image link of the BENCHMARKS.md section, which sits at the repository's root
+        result["plot"] = os.path.relpath(Path(png).resolve(), ROOT)
+        plot(result, png)
+        print(f"wrote {png}")
+    return result
+
+
+BENCH = Benchmark(section=SECTION, default_json="benchmarks/quality.json", measure=measure,
+                  render=markdown, add_arguments=add_arguments, out_is_json=False)  # fmt: skip
 
 
 def _machine(use_gpu: bool) -> str:
@@ -165,7 +150,7 @@ def _plan(args) -> QualityPlan:
         text_mle_epochs=args.text_mle_epochs,
         fed_model=args.fed_model,
     )
-    if args.small:
+    if args.smoke_test:
         small = dict(SMALL)
         if args.seeds != "0,1,2":
             small["seeds"] = seeds
@@ -173,6 +158,10 @@ def _plan(args) -> QualityPlan:
     settings = {**plan.train_overrides, **parse_key_values(args.set)}
     placement_settings(settings)  # a key or value `raygan train` would refuse fails here, not later
     return dataclasses.replace(plan, train_overrides=settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness_main(BENCH, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -46,18 +46,22 @@ def _bench_module():
 
 
 def _run_small(tmp_path: Path, *extra: str) -> tuple[dict, Path, Path]:
-    """The small mode with a relative --out (Ray's workers run in other directories)."""
+    """The smoke test with a relative --out (Ray's workers run in other directories), and its
+    section written from its JSON."""
     import contextlib
     import os
 
     json_path, png, md = tmp_path / "q.json", tmp_path / "q.png", tmp_path / "B.md"
-    argv = ["--small", "--out", "out", "--json", str(json_path), "--png", str(png)]
+    argv = ["--smoke-test", "--out", "out", "--json", str(json_path), "--png", str(png)]
+    md.unlink(missing_ok=True)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     with contextlib.ExitStack() as stack:
         stack.callback(os.chdir, cwd)
-        rc = _bench_module().main([*argv, "--markdown", str(md), *extra])
-    assert rc == 0
+        rc = _bench_module().main([*argv, *extra])
+    assert rc == 0 and not md.exists()  # a smoke test publishes no section ...
+    # ... and the section is generated from the JSON alone
+    assert _bench_module().main(["--from-json", str(json_path), "--markdown", str(md)]) == 0
     return json.loads(json_path.read_text()), png, md
 
 

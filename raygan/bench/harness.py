@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from raygan.bench.markdown import replace_section
+from raygan.core.errors import RayganError
 from raygan.run.checkpoint import atomic_write_text
 
 PACKAGES = ("torch", "ray", "pyarrow", "tokenizers")
@@ -69,6 +70,8 @@ class Benchmark:
     render: Callable[[dict[str, Any]], str]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     exit_code: Callable[[dict[str, Any]], int] | None = None
+    out_is_json: bool = True
+    """`--out` as the older spelling of `--json` (False where the script has an --out of its own)."""
 
 
 def main(bench: Benchmark, description: str, argv: Sequence[str] | None = None) -> int:
@@ -82,22 +85,28 @@ def main(bench: Benchmark, description: str, argv: Sequence[str] | None = None) 
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", help=f"write the results here (default {bench.default_json})")
-    parser.add_argument("--out", dest="json", help=argparse.SUPPRESS)  # the older spelling
+    if bench.out_is_json:
+        parser.add_argument("--out", dest="json", help=argparse.SUPPRESS)  # the older spelling
     parser.add_argument("--markdown", help="also write the section into this BENCHMARKS.md")
     parser.add_argument("--from-json", help="only write --markdown's section from this JSON")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes; publishes nothing")
     if bench.add_arguments:
         bench.add_arguments(parser)
     args = parser.parse_args(argv)
+    section = getattr(args, "section", None) or bench.section
     if args.from_json:
         if not args.markdown:
             parser.error("--from-json needs --markdown")
         result = json.loads(Path(args.from_json).read_text())
-        replace_section(args.markdown, bench.section, bench.render(result))
+        replace_section(args.markdown, section, bench.render(result))
         return 0
     json_path = args.json or (None if args.smoke_test else bench.default_json)
     started = time.perf_counter()
-    result = bench.measure(args)
+    try:
+        result = bench.measure(args)
+    except RayganError as exc:  # a bad option or input: one line, no trace
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
     result.setdefault("total_s", time.perf_counter() - started)
     script = Path(sys.argv[0]).name if argv is None else "bench"
     result.setdefault("command", shlex.join(["python", f"scripts/{script}", *(argv or sys.argv[1:])]))
@@ -109,6 +118,6 @@ def main(bench: Benchmark, description: str, argv: Sequence[str] | None = None) 
         atomic_write_text(json_path, json.dumps(result, indent=2, default=str) + "\n")
         print(f"wrote {json_path}")
     if args.markdown and not args.smoke_test:
-        replace_section(args.markdown, bench.section, text)
+        replace_section(args.markdown, section, text)
         print(f"updated {args.markdown}")
     return bench.exit_code(result) if bench.exit_code else 0

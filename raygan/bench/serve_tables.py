@@ -110,13 +110,7 @@ def report_text(result: dict) -> str:
         "`HTTP only` is a FastAPI ingress that answers without sampling: the ceiling of the HTTP "
         f"path (proxy, replica, client) on this machine, {echo['haproxy']:,.0f} req/s through "
         f"HAProxy vs {echo['python']:,.0f} through Serve's Python proxy at concurrency {top} "
-        f"({echo['haproxy'] / echo['python']:.1f}x). `python` rows: RAYGAN_SERVE_PROXY=python; "
-        "`haproxy` rows: the default, RAY_SERVE_ENABLE_HA_PROXY=1 and "
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (raygan.run.ray_env). `client CPU`: the CPU time of the "
-        "load-generating process (aiohttp) over the cell's wall time, as a share of one CPU. "
-        "The estimated ceiling of batched serving adds, per request, the HTTP path's cost (1 / "
-        "the `HTTP only` rate) and a full batch's sampling cost per request: what batching "
-        "could reach if nothing else took the CPU.",
+        f"({echo['haproxy'] / echo['python']:.1f}x).",
         "",
         markdown_table(["goal", "measured", "target", "met"], goals(result)),
         "",

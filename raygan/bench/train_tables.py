@@ -216,13 +216,6 @@ def report_text(result: dict) -> str:
             "that did only this arithmetic would take the floor, so a ratio to the peer above "
             "`peer / floor` cannot be reached on this CPU in float32."
         )]  # fmt: skip
-    if "two_processes" in result:
-        lines += ["", (
-            "Two processes: raygan's step (1 thread) alone, then two copies at once, spawned "
-            "without Ray: what this machine gives a second worker, whatever runs it; then the "
-            "pair under gloo DDP, still without Ray. Ray's 2 workers add Ray's own processes "
-            "(2 raylets, GCS, the train controller) on the same 2 CPUs."
-        )]  # fmt: skip
     peer = f"{PEER_ROLLOUT_G_STEP_S:.0f} s, {PEER_NLL_ORACLE_S:.0f} s"
     lines += [
         "",

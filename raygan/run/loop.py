@@ -193,7 +193,7 @@ class EarlyStopping:
         }
 
 
-class Evaluator:
+class HeldOutMetrics:
     """Held-out metrics on rank 0: NLL_test, NLL on a training subset, NLL_oracle (oracle data),
     BLEU-4 / Self-BLEU-4 (text), D's accuracy on held-out real sequences vs the fresh samples
     drawn here (raygan.core.metrics.heldout_d_accuracy), and a few decoded samples."""
@@ -401,7 +401,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext) -> dict[str, Any]:
     per_rank = cfg.schedule.batch_size // world
     batches = BatchStream(data_dir, rank=rank, world_size=world, batch_size=per_rank,
                           seed=cfg.schedule.seed, consumed=consumed, device=device)  # fmt: skip
-    evaluator = Evaluator(data_dir, cfg, device, run.frontier) if rank == 0 else None
+    held_out = HeldOutMetrics(data_dir, cfg, device, run.frontier) if rank == 0 else None
     board = TensorBoard(run_dir, rank, step)
     reduce_mean = _all_reduce_mean if world > 1 else None
     worker_nodes = _all_gather(ctx.node_id, world)
@@ -458,8 +458,8 @@ def train_loop(run: RunSpec, ctx: WorkerContext) -> dict[str, Any]:
         else:
             due = step % cfg.schedule.eval_every == 0
         if due or phase_ends or step == total:
-            last_metrics, reason = _evaluate(
-                evaluator, gen, disc, cfg, step, phase, stats, stopper, board, train_s
+            last_metrics, reason = _record_evaluation(
+                held_out, gen, disc, cfg, step, phase, stats, stopper, board, train_s
             )
             history.append({k: v for k, v in last_metrics.items() if k != "samples"})
             if ctx.console:
@@ -543,14 +543,14 @@ def temperature_curve(data_dir: str, cfg: Config, gen: nn.Module, temperatures) 
     ]  # fmt: skip
 
 
-def _evaluate(evaluator, gen, disc, cfg, step, phase, stats, stopper, board, train_s):
-    if evaluator is None:  # not rank 0: the decision comes by broadcast
+def _record_evaluation(held_out, gen, disc, cfg, step, phase, stats, stopper, board, train_s):
+    if held_out is None:  # not rank 0: the decision comes by broadcast
         return {}, None
     # D is scored once it has trained (D pretraining or adversarial steps have begun).
     scored_disc = disc if step > cfg.schedule.mle_steps and cfg.gan.estimator != "constant" else None
     metrics = {
         "step": step, "phase": phase, "train_s": train_s,
-        **evaluator(gen, seed=eval_seed(cfg), disc=scored_disc),
+        **held_out(gen, seed=eval_seed(cfg), disc=scored_disc),
     }  # fmt: skip
     metrics.update({k: v for k, v in stats.items() if k in ("g_loss", "d_loss", "mle_loss")})
     board.scalars({k: v for k, v in metrics.items() if k != "step"}, step, "eval")

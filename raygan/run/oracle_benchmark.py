@@ -122,10 +122,10 @@ def _initial(cfg: Config, data_dir: str) -> dict[str, float]:
     eval_every steps), measured as its evaluations measure."""
     import torch
 
-    from raygan.run.loop import Evaluator, build_models, eval_seed
+    from raygan.run.loop import HeldOutMetrics, build_models, eval_seed
 
     gen = build_models(cfg)[0]
-    return _metrics(Evaluator(data_dir, cfg, torch.device("cpu"))(gen, seed=eval_seed(cfg)))
+    return _metrics(HeldOutMetrics(data_dir, cfg, torch.device("cpu"))(gen, seed=eval_seed(cfg)))
 
 
 def _metrics(entry: dict) -> dict[str, float]:

@@ -7,7 +7,7 @@ import math
 
 from raygan.bench.markdown import replace_section
 from raygan.core.config import ModelConfig
-from raygan.run.evaluate import OracleBenchmark, run_oracle_benchmark, write_result
+from raygan.run.oracle_benchmark import OracleBenchmark, run_oracle_benchmark, write_result
 
 
 def test_small_oracle_benchmark_runs_every_phase(tmp_path):
