@@ -108,8 +108,10 @@ def main(bench: Benchmark, description: str, argv: Sequence[str] | None = None) 
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
     result.setdefault("total_s", time.perf_counter() - started)
-    script = Path(sys.argv[0]).name if argv is None else "bench"
-    result.setdefault("command", shlex.join(["python", f"scripts/{script}", *(argv or sys.argv[1:])]))
+    # The script's own file, also where a test imports it as a module and calls main(argv).
+    script = Path(sys.modules[bench.measure.__module__].__file__).name
+    given = sys.argv[1:] if argv is None else list(argv)
+    result.setdefault("command", shlex.join(["python", f"scripts/{script}", *given]))
     result.setdefault("machine", machine())
     result.setdefault("finished", time.strftime("%Y-%m-%d"))
     text = bench.render(result)

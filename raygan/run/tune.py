@@ -378,9 +378,7 @@ def summarize(grid, space: SearchSpace, out: str) -> dict[str, Any]:
     # The best kept checkpoint of any trial. Not grid.get_best_result: it ranks trials by what
     # Tune saw during this session, and a trial's metrics_dataframe (read back from its
     # progress file) can lack rows that one of its kept checkpoints was reported with.
-    kept = [(metrics[space.metric], result, ckpt) for result in grid
-            for ckpt, metrics in result.best_checkpoints or ()
-            if metrics.get(space.metric) is not None]  # fmt: skip
+    kept = [(value, result, ckpt) for result in grid for value, ckpt in _kept(result, space.metric)]
     _, best_result, best_ckpt = min(kept, key=lambda entry: sign * entry[0])
     with best_ckpt.as_directory() as directory:
         copy_checkpoint(directory, storage.join(out, "best"))
@@ -421,12 +419,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _kept(result, metric: str) -> list[tuple[float, Any]]:
+    """(metric, checkpoint) of each checkpoint Tune kept for this trial that reported `metric`."""
+    return [(m[metric], c) for c, m in result.best_checkpoints or () if m.get(metric) is not None]
+
+
 def _trial_summary(result, space: SearchSpace) -> dict[str, Any]:
     df = result.metrics_dataframe
     values = df[space.metric].dropna()
     # The dataframe is read back from the trial's progress file; result.metrics (the last
     # report) and the kept checkpoints' metrics come from Tune itself, so they count too.
-    kept = [m[space.metric] for _, m in result.best_checkpoints or () if m.get(space.metric) is not None]
+    kept = [value for value, _ in _kept(result, space.metric)]
     last = result.metrics or {}
     lineage = []
     if "exploit" in df:
