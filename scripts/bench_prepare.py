@@ -1,6 +1,7 @@
-"""Benchmark `raygan prepare` (throughput, flat memory) and the RankBatches read path.
+"""Benchmark `raygan prepare` (throughput, flat memory, Ray Data workers) and the RankBatches
+read path.
 
-    python scripts/bench_prepare.py --sizes-mb 30 300 --markdown BENCHMARKS.md
+    python scripts/bench_prepare.py --sizes-mb 30 300 --scaling-mb 40 --markdown BENCHMARKS.md
     python scripts/bench_prepare.py --smoke-test       # one 0.5 MB corpus: checks the script
 
 For each size: write a text file of random sentences from a seeded vocabulary (in a temporary
@@ -8,6 +9,11 @@ directory, deleted afterwards), run prepare_text with the word tokenizer in a fr
 and record wall time, lines/s, MB/s and peak RSS (getrusage, plus a thread sampling VmRSS every
 50 ms). Flat memory means the peak RSS ratio between sizes stays near 1 while the input grows.
 Then, in another child, time RankBatches: loading the train split and producing batches (rows/s).
+
+Scaling (`--scaling-mb`): one corpus prepared per tokenizer kind by one process, and by
+`--workers 1` and `--workers 2` on a Ray cluster of two 1-CPU nodes (ray.cluster_utils.Cluster,
+started before the clock), with the tokenizer's own encode_batch rate beside them (MB/s per
+core: the work one core does, so a process that uses more than one core is rated per core used).
 """
 
 from __future__ import annotations
@@ -102,6 +108,50 @@ def child_prepare(corpus: str, out: str) -> dict:
     return result
 
 
+def child_prepare_ray(corpus: str, out: str, kind: str, workers: str, piece_mb: str) -> dict:
+    """prepare_text on a fresh cluster of two 1-CPU nodes (workers 0: one process, no Ray)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raygan.data.prepare import prepare_text
+    from raygan.run.ray_env import ray_environment
+
+    cluster = None
+    if int(workers):
+        ray_environment(local=False)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    cpu_started, started = time.process_time(), time.perf_counter()
+    summary = prepare_text([corpus], out, tokenizer=kind, max_len=64, test_fraction=0.05,
+                           progress=False, workers=int(workers) or None,
+                           piece_mb=float(piece_mb))  # fmt: skip
+    seconds = time.perf_counter() - started
+    driver_cpu_s = time.process_time() - cpu_started
+    if cluster is not None:
+        ray.shutdown()
+        cluster.shutdown()
+    megabytes = Path(corpus).stat().st_size / 1e6
+    return {"kind": kind, "workers": int(workers), "seconds": round(seconds, 2),
+            "mb_per_s": round(megabytes / seconds, 2), "driver_cpu_s": round(driver_cpu_s, 2),
+            "kept": summary.splits["train"].kept + summary.splits["test"].kept}  # fmt: skip
+
+
+def child_tokenize(corpus: str, kind: str) -> dict:
+    """The tokenizer alone: encode_batch over the corpus in 1 MiB blocks, on one thread."""
+    os.environ["RAYON_NUM_THREADS"] = "1"  # read when tokenizers starts its pool
+    from raygan.data.tokenizer import train_tokenizer
+
+    text = Path(corpus).read_text(encoding="utf-8").splitlines()
+    blocks = [text[i : i + 20_000] for i in range(0, len(text), 20_000)]
+    tok = train_tokenizer(kind, iter(blocks), vocab_size=None, min_frequency=1)
+    started = time.perf_counter()
+    for block in blocks:
+        tok.encode_batch(block, add_special_tokens=False)
+    seconds = time.perf_counter() - started
+    return {"kind": kind, "encode_mb_per_s": round(Path(corpus).stat().st_size / 1e6 / seconds, 2)}
+
+
 def child_read(out: str, batch: int, world_size: int, max_batches: int) -> dict:
     from raygan.data.read import RankBatches
 
@@ -157,13 +207,33 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def scaling_table(scaling: dict) -> str:
+    rows = [
+        f"Scaling on {scaling['input_mb']:.0f} MB (MB/s; per core: divided by the cores in use):",
+        "",
+        "| tokenizer | encode_batch alone, 1 thread | one process | 1 Ray worker | 2 Ray workers "
+        "(2 nodes x 1 CPU) | 2 workers / 1 worker |",
+        "|---" * 6 + "|",
+    ]
+    for kind, cells in scaling["kinds"].items():
+        one, w1, w2 = (cells["prepare"][str(n)] for n in (0, 1, 2))
+        rows.append(
+            f"| {kind} | {cells['encode_mb_per_s']:.2f} | {one['mb_per_s']:.2f} "
+            f"| {w1['mb_per_s']:.2f} | {w2['mb_per_s']:.2f} ({w2['mb_per_s'] / 2:.2f} per core) "
+            f"| {w2['mb_per_s'] / w1['mb_per_s']:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
 def render(report: dict) -> str:
     results = report["results"]
     peaks = [r["prepare"]["rss_peak_getrusage_mb"] for r in results]
+    scaling = f"\n\n{scaling_table(report['scaling'])}" if report.get("scaling") else ""
     return (
         f"{table(results)}\n\nPeak RSS of the largest over the smallest input: "
         f"{peaks[-1] / peaks[0]:.2f} (flat memory: prepare streams). Each measurement runs in a "
-        f"fresh process; about 270 MB of it is importing torch. Command: `{report['command']}`"
+        f"fresh process; about 270 MB of it is importing torch.{scaling}\n\n"
+        f"Command: `{report['command']}`"
     )
 
 
@@ -173,6 +243,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=64, help="RankBatches batch per rank")
     parser.add_argument("--max-batches", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scaling-mb", type=float, default=40, help="0: no scaling cells")
+    parser.add_argument("--piece-mb", type=float, default=4, help="pieces of the scaling cells")
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -193,17 +265,44 @@ def measure(args: argparse.Namespace) -> dict:
                 {"input_mb": corpus.stat().st_size / 1e6, "prepare": prepared, "read": read}
             )
             print(json.dumps(results[-1]), file=sys.stderr)
-    return {"results": results}
+    report = {"results": results}
+    megabytes = 0.5 if args.smoke_test else args.scaling_mb
+    if megabytes:
+        report["scaling"] = scaling(megabytes, args)
+    return report
+
+
+def scaling(megabytes: float, args: argparse.Namespace) -> dict:
+    """Each tokenizer kind: its encode rate, then prepare by 1 process, 1 and 2 Ray workers."""
+    kinds = {}
+    piece_mb = str(0.05 if args.smoke_test else args.piece_mb)
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        write_corpus(corpus, megabytes, vocab_words=args.vocab_words, seed=args.seed)
+        for kind in ("word", "bpe", "char"):
+            cells = run_child("tokenize", str(corpus), kind)
+            cells["prepare"] = {}
+            for workers in ("0", "1", "2"):
+                out = str(Path(tmp) / f"{kind}-{workers}")
+                cell = run_child("prepare_ray", str(corpus), out, kind, workers, piece_mb)
+                cells["prepare"][workers] = cell
+                print(json.dumps(cell), file=sys.stderr)
+            kinds[kind] = cells
+        input_mb = corpus.stat().st_size / 1e6
+    return {"input_mb": input_mb, "piece_mb": float(piece_mb), "kinds": kinds}
 
 
 def child(argv: list[str]) -> None:
     """A measurement in this fresh process (run_child): its JSON on the last line of stdout."""
     kind, *rest = argv
-    result = (
-        child_prepare(*rest)
-        if kind == "prepare"
-        else child_read(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
-    )
+    if kind == "prepare":
+        result = child_prepare(*rest)
+    elif kind == "prepare_ray":
+        result = child_prepare_ray(*rest)
+    elif kind == "tokenize":
+        result = child_tokenize(*rest)
+    else:
+        result = child_read(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
     print(json.dumps(result))
 
 

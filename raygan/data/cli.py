@@ -16,7 +16,7 @@ from raygan.data.prepare import (
 )
 from raygan.data.tokenizer import TOKENIZER_KINDS
 
-_TEXT_ONLY = ("tokenizer", "test_input", "test_fraction", "min_frequency")
+_TEXT_ONLY = ("tokenizer", "test_input", "test_fraction", "min_frequency", "workers", "piece_mb")
 _ORACLE_ONLY = ("num_samples", "num_test", "oracle_path")
 
 
@@ -38,6 +38,15 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     text.add_argument(
         "--min-frequency", type=int, metavar="N", help="drop words seen fewer times (1)"
+    )
+    text.add_argument(
+        "--workers", type=int, metavar="N",
+        help="build it with N Ray Data tasks at once (on RAY_ADDRESS's cluster, else a local "
+        "Ray): the same rows, ids and order as one process (default: one process, no Ray)",
+    )
+    text.add_argument(
+        "--piece-mb", type=float, metavar="MB",
+        help="with --workers: the inputs are cut into pieces of this size, one task each (64)",
     )
     oracle = parser.add_argument_group("oracle corpora (--oracle)")
     oracle.add_argument("--num-samples", type=int, metavar="N", help="training sequences (10000)")
@@ -75,9 +84,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     common.update(overwrite=args.overwrite, progress=not args.no_progress)
     if args.input:
         _refuse_options(given, _ORACLE_ONLY, "--input")
-        options = {
-            k: given[k] for k in ("tokenizer", "test_fraction", "min_frequency") if k in given
-        }
+        names = ("tokenizer", "test_fraction", "min_frequency", "workers", "piece_mb")
+        options = {k: given[k] for k in names if k in given}
         summary = prepare_text(
             args.input, args.out, test_inputs=given.get("test_input"), **options, **common
         )

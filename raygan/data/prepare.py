@@ -170,10 +170,12 @@ def _publish(out: str, overwrite: bool) -> Iterator[_Output]:
 
 # -- shards --------------------------------------------------------------------------------------
 class _ShardWriter:
-    """Appends rows to `{split}-00000.parquet`, ... of `shard_rows` rows each."""
+    """Appends rows to `{prefix}-00000.parquet`, ... of `shard_rows` rows each (the prefix is
+    the split's name unless given). `output` is anything with `fs` and `file(name)`."""
 
-    def __init__(self, output: _Output, split: str, shard_rows: int):
-        self.output, self.split, self.shard_rows = output, split, shard_rows
+    def __init__(self, output: _Output, split: str, shard_rows: int, prefix: str | None = None):
+        self.output, self.shard_rows = output, shard_rows
+        self.prefix = prefix or split
         self.shards: list[dict] = []
         self._writer: pq.ParquetWriter | None = None
         self._rows = 0
@@ -181,7 +183,7 @@ class _ShardWriter:
     def write(self, table: pa.Table) -> None:
         while table.num_rows:
             if self._writer is None:
-                name = f"{self.split}-{len(self.shards):05d}.parquet"
+                name = f"{self.prefix}-{len(self.shards):05d}.parquet"
                 self._writer = pq.ParquetWriter(
                     self.output.file(name),
                     SHARD_SCHEMA,
@@ -203,7 +205,7 @@ class _ShardWriter:
 
     def _finish_shard(self) -> None:
         self._writer.close()
-        name = f"{self.split}-{len(self.shards):05d}.parquet"
+        name = f"{self.prefix}-{len(self.shards):05d}.parquet"
         sha = storage.fs_sha256(self.output.fs, self.output.file(name))
         self.shards.append({"file": name, "rows": self._rows, "sha256": sha})
         self._writer, self._rows = None, 0
@@ -217,7 +219,9 @@ def _rows_table(rows: list[list[int]]) -> tuple[pa.Table, np.ndarray]:
     lengths_N = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum(lengths_N, out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
+    values = np.fromiter(
+        itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1])
+    )
     tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
     return pa.Table.from_arrays([tokens, pa.array(lengths_N)], schema=SHARD_SCHEMA), values
 
@@ -256,7 +260,7 @@ def _sources(inputs: list[str], test_inputs: list[str] | None) -> list[_Source]:
 def _line_blocks(source: _Source, bar: tqdm) -> Iterator[list[bytes]]:
     """The file's lines as raw bytes, ~1 MiB at a time (.gz/.bz2/.zst decompressed by extension)."""
     tail = b""
-    with source.fs.open_input_stream(source.path) as f:
+    with readable(source.path), source.fs.open_input_stream(source.path) as f:
         while block := f.read(READ_BLOCK_BYTES):
             bar.update(len(block))
             lines = (tail + block).split(b"\n")
@@ -264,6 +268,15 @@ def _line_blocks(source: _Source, bar: tqdm) -> Iterator[list[bytes]]:
             yield lines
     if tail:
         yield [tail]
+
+
+@contextlib.contextmanager
+def readable(path: str) -> Iterator[None]:
+    """An input that cannot be read (a truncated .gz, a file gone) is a one-line error naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise RayganError(f"input file {path} cannot be read: {error}") from None
 
 
 def _is_test(seed: int, first: int, n: int, fraction: float) -> np.ndarray:
@@ -321,8 +334,13 @@ def _text_blocks(
 
 def _encode(tokenizer, texts: list[str], max_len: int, counts: SplitCounts) -> pa.Table:
     """Token ids + EOS of each line; lines over max_len - 1 tokens are dropped."""
+    return _encoded_rows(tokenizer.encode_batch(texts, add_special_tokens=False), max_len, counts)
+
+
+def _encoded_rows(encodings, max_len: int, counts: SplitCounts) -> pa.Table:
+    """_encode's rows from the lines' encodings."""
     rows = []
-    for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
+    for enc in encodings:
         ids = enc.ids
         if not ids:  # only characters the tokenizer removes
             counts.dropped_empty += 1
@@ -359,6 +377,8 @@ def prepare_text(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int | None = None,
+    piece_mb: float = 64.0,
 ) -> PrepareSummary:
     """Tokenize UTF-8 text files (one sentence per line) into Parquet shards under `out`.
 
@@ -370,33 +390,31 @@ def prepare_text(
     `test_inputs`, or else a `test_fraction` of the lines (DEFAULT_TEST_FRACTION when neither is
     given; 0 for none) drawn by a hash of (seed, line number). The tokenizer sees only train
     lines: test words unseen in train become UNK.
+
+    `workers`: build the corpus with that many Ray Data tasks instead (raygan.data.distributed:
+    the inputs cut into pieces of ~`piece_mb` MB at line starts): the same rows in the same order
+    with the same ids, in one or more shards per piece.
     """
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     if test_fraction is None:
         test_fraction = 0.0 if test_inputs else DEFAULT_TEST_FRACTION
     _check_text_options(inputs, tokenizer, max_len, shard_rows, test_inputs, test_fraction)
     _check_vocab(vocab_size, min_frequency)
+    if workers is not None and (workers < 1 or piece_mb <= 0):
+        raise RayganError(f"need workers >= 1 and piece_mb > 0, got {workers} and {piece_mb}")
     sources = _sources(inputs, test_inputs)
-    total = sum(s.size for s in sources)
+    options = TextOptions(tokenizer, max_len, shard_rows, test_fraction, vocab_size,
+                          min_frequency, seed, progress)  # fmt: skip
     started = time.perf_counter()
     with _publish(out, overwrite) as output:
-        train_sources = [s for s in sources if s.split != "test"]
-        tok = _train(
-            train_sources, tokenizer, vocab_size, min_frequency, test_fraction, seed, progress
-        )
-        note = ""
-        if max_len is None:
-            max_len, note = _covering_length(tok, train_sources, test_fraction, seed)
-        summary = PrepareSummary(out, "text", tok.get_vocab_size(), max_len, max_len_note=note)
-        summary.splits = {name: SplitCounts() for name in SPLITS}
-        writers = {name: _ShardWriter(output, name, shard_rows) for name in SPLITS}
-        with _progress(total, "encode", progress) as bar:
-            for texts in _text_blocks(
-                sources, summary.splits, bar, fraction=test_fraction, seed=seed
-            ):
-                for name, lines in texts.items():
-                    writers[name].write(_encode(tok, lines, max_len, summary.splits[name]))
-        splits = {name: writer.close() for name, writer in writers.items()}
+        if workers is None:
+            tok, summary, splits = _build_text(sources, output, options)
+        else:
+            from raygan.data.distributed import build_text  # Ray only when asked for
+
+            tok, summary, splits = build_text(
+                sources, output, options, workers=workers, piece_bytes=int(piece_mb * 1e6)
+            )
         if splits["train"]["rows"] == 0:
             raise RayganError(
                 f"no training line of {', '.join(inputs)} was kept: {summary.splits['train']}"
@@ -404,11 +422,45 @@ def prepare_text(
         storage.fs_write(output.fs, output.file(TOKENIZER_FILE), tok.to_str().encode())
         source = {"inputs": inputs, "test_inputs": test_inputs, "test_fraction": test_fraction}
         source.update(seed=seed, min_frequency=min_frequency, requested_vocab_size=vocab_size)
-        source.update(max_len_note=note or None)
+        source.update(max_len_note=summary.max_len_note or None)
         manifest = _manifest(summary, splits, tokenizer=tokenizer, source=source)
         storage.fs_write(output.fs, output.file(MANIFEST), json.dumps(manifest, indent=2).encode())
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """prepare_text's options that decide the rows (checked by prepare_text)."""
+
+    tokenizer: str
+    max_len: int | None
+    shard_rows: int
+    test_fraction: float
+    vocab_size: int | None
+    min_frequency: int
+    seed: int
+    progress: bool
+
+
+def _build_text(sources: list[_Source], output: _Output, opt: TextOptions):
+    """One process: (tokenizer, summary, the manifest's splits)."""
+    train_sources = [s for s in sources if s.split != "test"]
+    tok = _train(train_sources, opt.tokenizer, opt.vocab_size, opt.min_frequency,
+                 opt.test_fraction, opt.seed, opt.progress)  # fmt: skip
+    max_len, note = opt.max_len, ""
+    if max_len is None:
+        max_len, note = _covering_length(tok, train_sources, opt.test_fraction, opt.seed)
+    summary = PrepareSummary(output.uri, "text", tok.get_vocab_size(), max_len, max_len_note=note)
+    summary.splits = {name: SplitCounts() for name in SPLITS}
+    writers = {name: _ShardWriter(output, name, opt.shard_rows) for name in SPLITS}
+    with _progress(sum(s.size for s in sources), "encode", opt.progress) as bar:
+        for texts in _text_blocks(
+            sources, summary.splits, bar, fraction=opt.test_fraction, seed=opt.seed
+        ):
+            for name, lines in texts.items():
+                writers[name].write(_encode(tok, lines, max_len, summary.splits[name]))
+    return tok, summary, {name: writer.close() for name, writer in writers.items()}
 
 
 def _train(sources, kind, vocab_size, min_frequency, fraction, seed, progress):

@@ -1,0 +1,395 @@
+"""`raygan prepare --workers N`: prepare_text's corpus built by Ray Data tasks.
+
+The inputs are cut into pieces of about `piece_bytes` at line starts (a compressed file is one
+piece, read whole). The cut depends only on the bytes and `piece_bytes`, never on N, so every N
+writes the same shards; read in shard order, their rows are prepare_text's rows, in its order,
+with its ids. One task reads, decodes and encodes one piece, and writes that piece's shards,
+`{split}-{piece:05d}-{k:05d}.parquet`, straight into the output (on a cluster: the output URI;
+a local path must be one that every node sees). The tasks run in up to three rounds:
+
+0. Lines per piece (a newline count), only when the test split is drawn by line number: each
+   piece then knows the number of its first line, which _is_test hashes.
+1. word and char: each piece encodes its lines with a tokenizer trained on that piece alone (so
+   it knows every word) and keeps those rows under _pieces/, with its words and their counts in
+   training lines. A WordLevel tokenizer gives one token per word whatever its vocabulary, so
+   lengths and dropped lines are final here. Summed over pieces, the counts give the vocabulary
+   one process's trainer builds (tokenizers' WordLevelTrainer: most frequent first, ties by
+   word, then min_frequency and vocab_size): no process reads the whole corpus.
+   bpe: merges do not add up over pieces, so the driver trains the tokenizer in one pass over
+   the train split, as prepare_text does (that pass bounds BPE's speed-up).
+2. Each piece's rows in the corpus's ids (word, char: the kept rows through an id table; bpe:
+   encoded with the trained tokenizer), written as its shards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer, models
+
+from raygan.core.errors import RayganError
+from raygan.data import storage
+from raygan.data.layout import SPLITS
+from raygan.data.prepare import (
+    PrepareSummary,
+    SplitCounts,
+    TextOptions,
+    _covering_length,
+    _decode,
+    _encoded_rows,
+    _is_test,
+    _Output,
+    _progress,
+    _ShardWriter,
+    _Source,
+    _train,
+    readable,
+)
+from raygan.data.tokenizer import SPECIAL_TOKENS, UNK_ID, build_tokenizer, train_tokenizer
+
+PIECES_DIR = "_pieces"  # round 1's rows and word counts, and the trained tokenizer; removed after
+_SCAN_BYTES = 1 << 16  # read when looking for the line start after a cut
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The lines that start in bytes [start, end) of one input (end None: the whole file, read
+    as a stream, for compressed inputs)."""
+
+    index: int
+    fs: pafs.FileSystem
+    path: str
+    split: str | None  # None: each line's split is drawn by _is_test
+    start: int
+    end: int | None
+    size: int  # bytes read, for progress
+    first_line: int = 0  # the number of its first line over all inputs
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where tasks write: the output's (temporary) directory."""
+
+    fs: pafs.FileSystem
+    dir: str
+
+    def file(self, name: str) -> str:
+        return storage.join(self.dir, name)
+
+
+def build_text(
+    sources: list[_Source], output: _Output, opt: TextOptions, *, workers: int, piece_bytes: int
+):
+    """prepare_text's (tokenizer, summary, the manifest's splits), built by Ray Data tasks."""
+    from raygan.run.ray_env import ensure_ray
+
+    ensure_ray()
+    target = _Target(output.fs, output.dir)
+    target.fs.create_dir(target.file(PIECES_DIR), recursive=True)
+    pieces = cut_pieces(sources, piece_bytes)
+    if opt.test_fraction and any(p.split is None for p in pieces):
+        pieces = _number_lines(pieces, workers, opt.progress)
+    run = _Rounds(pieces, workers, target, opt)
+    train_sources = [s for s in sources if s.split != "test"]
+    if opt.tokenizer == "bpe":
+        tok = _train(train_sources, opt.tokenizer, opt.vocab_size, opt.min_frequency,
+                     opt.test_fraction, opt.seed, opt.progress)  # fmt: skip
+        max_len, note = _max_len(tok, train_sources, opt)
+        _save_tokenizer(target, tok)
+        results = run("encode", _encode_piece, max_len=max_len)
+    else:  # word, char
+        max_len, note = _max_len(_any_vocabulary(opt.tokenizer), train_sources, opt)
+        found = run("read", _encode_piece_locally, max_len=max_len)
+        tok = _merged_tokenizer(target, pieces, opt)
+        _save_tokenizer(target, tok)
+        results = [
+            {**new, "counts": _with_unknown(old["counts"], new["unk_tokens"])}
+            for old, new in zip(found, run("write", _remap_piece), strict=True)
+        ]
+    target.fs.delete_dir(target.file(PIECES_DIR))
+    summary = PrepareSummary(output.uri, "text", tok.get_vocab_size(), max_len, max_len_note=note)
+    summary.splits = {name: SplitCounts() for name in SPLITS}
+    splits = {name: {"rows": 0, "shards": []} for name in SPLITS}
+    for result in results:  # in piece order
+        for name in SPLITS:
+            _add_counts(summary.splits[name], result["counts"][name])
+            splits[name]["rows"] += result["shards"][name]["rows"]
+            splits[name]["shards"] += result["shards"][name]["shards"]
+    return tok, summary, splits
+
+
+def _max_len(tok: Tokenizer, train_sources: list[_Source], opt: TextOptions) -> tuple[int, str]:
+    if opt.max_len is not None:
+        return opt.max_len, ""
+    return _covering_length(tok, train_sources, opt.test_fraction, opt.seed)
+
+
+# -- pieces --------------------------------------------------------------------------------------
+def cut_pieces(sources: list[_Source], piece_bytes: int) -> list[Piece]:
+    """Every input cut at the first line start at or after each multiple of `piece_bytes`."""
+    pieces: list[Piece] = []
+    for source in sources:
+        if _compressed(source.path):
+            bounds = [(0, None)]
+        else:
+            cuts = [0, *_line_starts(source, piece_bytes), source.size]
+            bounds = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+        for start, end in bounds:
+            size = source.size if end is None else end - start
+            pieces.append(
+                Piece(len(pieces), source.fs, source.path, source.split, start, end, size)
+            )
+    return pieces
+
+
+def _compressed(path: str) -> bool:
+    """Whether pyarrow decompresses the file by its extension (.gz, .bz2, .zst, ...)."""
+    try:
+        pa.Codec.detect(path)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _line_starts(source: _Source, piece_bytes: int) -> list[int]:
+    """The first line start at or after each multiple of piece_bytes inside the file."""
+    starts: list[int] = []
+    with source.fs.open_input_file(source.path) as f:
+        for cut in range(piece_bytes, source.size, piece_bytes):
+            if starts and cut < starts[-1]:
+                continue  # a line longer than a piece
+            f.seek(cut - 1)  # a line starts at `cut` iff the byte before it ends a line
+            position = cut - 1
+            while chunk := f.read(_SCAN_BYTES):
+                newline = chunk.find(b"\n")
+                if newline >= 0:
+                    starts.append(position + newline + 1)
+                    break
+                position += len(chunk)
+    return [s for s in dict.fromkeys(starts) if s < source.size]
+
+
+def _read(piece: Piece) -> bytes:
+    with readable(piece.path):
+        if piece.end is None:
+            with piece.fs.open_input_stream(piece.path) as f:  # decompressed by extension
+                return f.read()
+        with piece.fs.open_input_file(piece.path) as f:
+            f.seek(piece.start)
+            return f.read(piece.end - piece.start)
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The lines of `data` as prepare_text reads them: a last line without newline counts."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _number_lines(pieces: list[Piece], workers: int, progress: bool) -> list[Piece]:
+    """Round 0: each piece with the number of its first line over all inputs."""
+    counts = _run_tasks(pieces, _count_lines, workers, "count lines", progress)
+    firsts = np.concatenate([[0], np.cumsum([c["lines"] for c in counts])[:-1]])
+    return [replace(p, first_line=int(first)) for p, first in zip(pieces, firsts, strict=True)]
+
+
+def _count_lines(piece: Piece) -> dict:
+    data = _read(piece)
+    return {"lines": data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)}
+
+
+def _piece_texts(piece: Piece, counts: dict[str, SplitCounts], opt: TextOptions) -> dict:
+    """The piece's usable lines per split (prepare's _text_blocks for one piece)."""
+    raw = _lines(_read(piece))
+    texts = {name: [] for name in SPLITS}
+    if piece.split is not None:
+        texts[piece.split] = _decode(raw, counts[piece.split])
+        return texts
+    to_test = _is_test(opt.seed, piece.first_line, len(raw), opt.test_fraction)
+    texts["train"] = _decode(
+        [s for s, t in zip(raw, to_test, strict=True) if not t], counts["train"]
+    )
+    texts["test"] = _decode([s for s, t in zip(raw, to_test, strict=True) if t], counts["test"])
+    return texts
+
+
+# -- rounds 1 and 2 ------------------------------------------------------------------------------
+def _encode_piece_locally(piece: Piece, target: _Target, opt: TextOptions, max_len: int) -> dict:
+    """Round 1 (word, char): the piece's rows in a vocabulary of its own, its words and their
+    counts in training lines (dropped lines included, as the trainer counts them)."""
+    counts = {name: SplitCounts() for name in SPLITS}
+    texts = _piece_texts(piece, counts, opt)
+    local = train_tokenizer(opt.tokenizer, [texts[name] for name in SPLITS], vocab_size=None,
+                            min_frequency=1)  # fmt: skip
+    words = sorted(local.get_vocab().items(), key=lambda item: item[1])
+    train_counts = np.zeros(len(words), dtype=np.int64)
+    for name in SPLITS:
+        encodings = local.encode_batch(texts[name], add_special_tokens=False)
+        if name == "train":
+            ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int64)
+            train_counts += np.bincount(ids, minlength=len(words))
+        table = _encoded_rows(encodings, max_len, counts[name])
+        pq.write_table(table, target.file(_rows_file(piece, name)), filesystem=target.fs)
+    words_table = pa.table({"word": [w for w, _ in words], "count": train_counts})
+    pq.write_table(words_table, target.file(_words_file(piece)), filesystem=target.fs)
+    return {"counts": {name: asdict(c) for name, c in counts.items()}}
+
+
+def _remap_piece(piece: Piece, target: _Target, opt: TextOptions) -> dict:
+    """Round 2 (word, char): round 1's rows in the corpus's ids, written as the piece's shards."""
+    vocab = _load_tokenizer(target).get_vocab()
+    words = pq.read_table(target.file(_words_file(piece)), filesystem=target.fs)["word"]
+    ids = np.array([vocab.get(w, UNK_ID) for w in words.to_pylist()], dtype=np.int32)
+    shards, unknown = {}, {}
+    for name in SPLITS:
+        table = pq.read_table(target.file(_rows_file(piece, name)), filesystem=target.fs)
+        tokens = table.column("tokens").combine_chunks()
+        values = ids[tokens.values.to_numpy(zero_copy_only=False)]
+        unknown[name] = int(np.count_nonzero(values == UNK_ID))
+        table = table.set_column(0, "tokens", _with_values(tokens, values))
+        shards[name] = _write_shards(piece, name, table, target, opt)
+    return {"shards": shards, "unk_tokens": unknown}
+
+
+def _encode_piece(piece: Piece, target: _Target, opt: TextOptions, max_len: int) -> dict:
+    """Rounds 1 and 2 in one (bpe): the piece encoded with the trained tokenizer, its shards."""
+    tok = _load_tokenizer(target)
+    counts = {name: SplitCounts() for name in SPLITS}
+    texts = _piece_texts(piece, counts, opt)
+    shards = {}
+    for name in SPLITS:
+        table = _encoded_rows(tok.encode_batch(texts[name], add_special_tokens=False), max_len,
+                              counts[name])  # fmt: skip
+        shards[name] = _write_shards(piece, name, table, target, opt)
+    return {"counts": {name: asdict(c) for name, c in counts.items()}, "shards": shards}
+
+
+def _write_shards(piece: Piece, split: str, table: pa.Table, target: _Target, opt) -> dict:
+    writer = _ShardWriter(target, split, opt.shard_rows, prefix=f"{split}-{piece.index:05d}")
+    writer.write(table)
+    return writer.close()
+
+
+def _with_values(tokens: pa.ListArray, values: np.ndarray) -> pa.ListArray:
+    offsets = tokens.offsets
+    if tokens.offset:  # a sliced array: values start at its first offset
+        values = values[tokens.offsets[0].as_py() :]
+        offsets = pc.subtract(offsets, offsets[0])
+    return pa.ListArray.from_arrays(offsets, pa.array(values, type=tokens.type.value_type))
+
+
+def _with_unknown(counts: dict, unknown: dict) -> dict:
+    return {name: {**counts[name], "unk_tokens": unknown[name]} for name in SPLITS}
+
+
+def _add_counts(total: SplitCounts, counts: dict) -> None:
+    for name, value in counts.items():
+        setattr(total, name, getattr(total, name) + value)
+
+
+def _rows_file(piece: Piece, split: str) -> str:
+    return f"{PIECES_DIR}/{piece.index:05d}-{split}.parquet"
+
+
+def _words_file(piece: Piece) -> str:
+    return f"{PIECES_DIR}/{piece.index:05d}-words.parquet"
+
+
+# -- the vocabulary ------------------------------------------------------------------------------
+def _any_vocabulary(kind: str) -> Tokenizer:
+    """A `kind` tokenizer whose vocabulary is the special tokens alone: its encodings have the
+    lengths of the trained one's (one token per word, unknown or not)."""
+    tok = build_tokenizer(kind)
+    tok.model = models.WordLevel(
+        {name: i for i, name in enumerate(SPECIAL_TOKENS)}, unk_token=SPECIAL_TOKENS[UNK_ID]
+    )
+    return tok
+
+
+def _merged_tokenizer(target: _Target, pieces: list[Piece], opt: TextOptions) -> Tokenizer:
+    """The WordLevel vocabulary of the whole train split from round 1's counts, ordered as
+    WordLevelTrainer orders it: by count (descending), then by word (bytes, ascending)."""
+    tables = [pq.read_table(target.file(_words_file(p)), filesystem=target.fs) for p in pieces]
+    words = pa.concat_tables(tables)
+    words = words.filter(pc.invert(pc.is_in(words["word"], pa.array(SPECIAL_TOKENS))))
+    summed = words.group_by("word").aggregate([("count", "sum")])
+    summed = summed.filter(pc.greater_equal(summed["count_sum"], opt.min_frequency))
+    order = pc.sort_indices(summed, [("count_sum", "descending"), ("word", "ascending")])
+    kept = summed["word"].take(order).to_pylist()
+    if opt.vocab_size is not None:
+        kept = kept[: max(opt.vocab_size - len(SPECIAL_TOKENS), 0)]
+    vocab = {name: i for i, name in enumerate((*SPECIAL_TOKENS, *kept))}
+    tok = build_tokenizer(opt.tokenizer)
+    tok.model = models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK_ID])
+    return tok
+
+
+def _save_tokenizer(target: _Target, tok: Tokenizer) -> None:
+    storage.fs_write(target.fs, target.file(f"{PIECES_DIR}/tokenizer.json"), tok.to_str().encode())
+
+
+def _load_tokenizer(target: _Target) -> Tokenizer:
+    raw = storage.fs_read(target.fs, target.file(f"{PIECES_DIR}/tokenizer.json"))
+    return Tokenizer.from_str(raw.decode())
+
+
+# -- Ray Data ------------------------------------------------------------------------------------
+class _Rounds:
+    """Runs a round's function over every piece: `run(desc, fn, **kwargs)`."""
+
+    def __init__(self, pieces: list[Piece], workers: int, target: _Target, opt: TextOptions):
+        self.pieces, self.workers, self.target, self.opt = pieces, workers, target, opt
+
+    def __call__(self, desc: str, fn: Callable, **kwargs) -> list[dict]:
+        kwargs.update(target=self.target, opt=self.opt)
+        return _run_tasks(self.pieces, fn, self.workers, desc, self.opt.progress, **kwargs)
+
+
+def _run_tasks(
+    pieces: list[Piece], fn: Callable, workers: int, desc: str, progress: bool, **kwargs
+) -> list[dict]:
+    """fn(piece, **kwargs) for every piece, one Ray Data task each, at most `workers` at once;
+    the results in piece order. A RayganError raised in a task is raised here."""
+    import ray.data
+
+    from raygan.run.console import verbose
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts the bytes of finished pieces
+    if not verbose():  # Ray Data announces every execution (INFO) and the bar it leaves out
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    results: list[dict | None] = [None] * len(pieces)
+    rows = ray.data.range(len(pieces), override_num_blocks=len(pieces)).map(
+        _task, fn_kwargs={"fn": fn, "pieces": pieces, "kwargs": kwargs},
+        compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1,
+    )  # fmt: skip
+    with _progress(sum(p.size for p in pieces), desc, progress) as bar:
+        for row in rows.iter_rows():
+            result = json.loads(row["result"])
+            if "error" in result:
+                raise RayganError(result["error"])
+            results[result["index"]] = result
+            bar.update(pieces[result["index"]].size)
+    return results  # type: ignore[return-value]
+
+
+def _task(row: dict, *, fn: Callable, pieces: list[Piece], kwargs: dict) -> dict:
+    """One piece. A user's mistake (RayganError) comes back as a result, so that the driver
+    raises it as the one-line error it is; Ray would wrap it in its own traceback."""
+    piece = pieces[int(row["id"])]
+    try:
+        result = fn(piece, **kwargs)
+    except RayganError as error:
+        result = {"error": str(error)}
+    return {"result": json.dumps({"index": piece.index, **result})}
