@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import random
@@ -23,6 +24,7 @@ from raygan.data.cli import add_prepare_arguments, run_prepare
 from raygan.data.prepare import prepare_oracle, prepare_text
 from raygan.data.read import (
     RankBatches,
+    StreamBatches,
     load_codec,
     load_manifest,
     load_oracle,
@@ -349,10 +351,19 @@ def row_ids(corpus: Path, tokens_BT: torch.Tensor) -> list[int]:
     return [index[tuple(row)] for row in tokens_BT.tolist()]
 
 
-def test_rank_batches_disjoint_equal_and_covering(corpus):
+@pytest.fixture(params=["memory", "stream"])
+def Batches(request):
+    """RankBatches, or StreamBatches with windows of one 40-row shard (buffer 20 rows): the
+    tests below hold for both."""
+    if request.param == "memory":
+        return RankBatches
+    return functools.partial(StreamBatches, buffer_rows=20)
+
+
+def test_rank_batches_disjoint_equal_and_covering(corpus, Batches):
     W, b = 3, 5
     ranks = [
-        RankBatches(str(corpus), rank=r, world_size=W, batch_size_per_rank=b, seed=7)
+        Batches(str(corpus), rank=r, world_size=W, batch_size_per_rank=b, seed=7)
         for r in range(W)
     ]
     assert all(rb.steps_per_epoch == len(rb) == 103 // (W * b) == 6 for rb in ranks)
@@ -367,30 +378,59 @@ def test_rank_batches_disjoint_equal_and_covering(corpus):
     assert (lengths_B == 7).all()  # 6 words + EOS
 
 
-def test_rank_batches_equal_the_single_process_global_batch(corpus):
+def test_rank_batches_equal_the_single_process_global_batch(corpus, Batches):
     W, b = 4, 3
-    single = list(RankBatches(str(corpus), batch_size_per_rank=W * b, seed=1).iter_epoch(5))
-    ranks = [list(RankBatches(str(corpus), rank=r, world_size=W, batch_size_per_rank=b, seed=1).iter_epoch(5)) for r in range(W)]  # fmt: skip
+    single = list(Batches(str(corpus), batch_size_per_rank=W * b, seed=1).iter_epoch(5))
+    ranks = [list(Batches(str(corpus), rank=r, world_size=W, batch_size_per_rank=b, seed=1).iter_epoch(5)) for r in range(W)]  # fmt: skip
     for step, (tokens_BT, lengths_B) in enumerate(single):
         assert torch.equal(tokens_BT, torch.cat([ranks[r][step][0] for r in range(W)]))
         assert torch.equal(lengths_B, torch.cat([ranks[r][step][1] for r in range(W)]))
 
 
-def test_rank_batches_shuffle_per_epoch_and_resume(corpus):
-    rb = RankBatches(str(corpus), batch_size_per_rank=10, seed=0)
+def test_rank_batches_shuffle_per_epoch_and_resume(corpus, Batches):
+    rb = Batches(str(corpus), batch_size_per_rank=10, seed=0)
     epoch0 = [row_ids(corpus, t) for t, _ in rb.iter_epoch(0)]
     assert epoch0 == [row_ids(corpus, t) for t, _ in rb.iter_epoch(0)]
     assert epoch0 != [row_ids(corpus, t) for t, _ in rb.iter_epoch(1)]
     assert sorted(i for ids in epoch0 for i in ids) != list(range(100))  # not the first 100 rows
     resumed = [row_ids(corpus, t) for t, _ in rb.iter_epoch(0, start_step=4)]
     assert resumed == epoch0[4:]
-    fresh = RankBatches(str(corpus), batch_size_per_rank=10, seed=0, epoch=0, start_step=4)
+    fresh = Batches(str(corpus), batch_size_per_rank=10, seed=0, epoch=0, start_step=4)
     assert [row_ids(corpus, t) for t, _ in fresh] == epoch0[4:]  # the iterable form
     assert list(rb.iter_epoch(0, start_step=rb.steps_per_epoch)) == []
     with pytest.raises(RayganError, match="fewer than one global batch"):
-        RankBatches(str(corpus), world_size=2, rank=1, batch_size_per_rank=60)
+        Batches(str(corpus), world_size=2, rank=1, batch_size_per_rank=60)
     with pytest.raises(RayganError, match="rank"):
-        RankBatches(str(corpus), world_size=2, rank=2, batch_size_per_rank=1)
+        Batches(str(corpus), world_size=2, rank=2, batch_size_per_rank=1)
+
+
+def test_stream_batches_hold_at_most_two_windows_and_follow_their_own_order(tmp_path):
+    """Shards of several row groups; the order is RankBatches' scheme over windows of row
+    groups, so it differs from RankBatches' order but covers the same rows."""
+    lines = [f"line {i} ." for i in range(500)]
+    src = write_lines(tmp_path / "a.txt", lines)
+    out = str(tmp_path / "out")
+    data.READ_BLOCK_BYTES, block = 256, data.READ_BLOCK_BYTES  # ~30 lines per row group
+    try:
+        prepare_text([str(src)], out, shard_rows=200, test_fraction=0, progress=False)
+    finally:
+        data.READ_BLOCK_BYTES = block
+    stream = StreamBatches(out, batch_size_per_rank=16, buffer_rows=64, seed=3)
+    assert len(stream.units) > 10 and len({path for path, _, _ in stream.units}) == 3
+    reads = []
+    real_read = stream._read_unit
+    stream._read_unit = lambda unit: reads.append(unit) or real_read(unit)
+    codec = load_codec(out)
+    epoch = [[codec.decode(r) for r in t.tolist()] for t, _ in stream.iter_epoch(1)]
+    assert len(epoch) == 500 // 16 and len({x for batch in epoch for x in batch}) == 31 * 16
+    assert sorted(reads) == list(range(len(stream.units)))  # each row group read once an epoch
+    memory = RankBatches(out, batch_size_per_rank=16, seed=3)
+    assert epoch != [[codec.decode(r) for r in t.tolist()] for t, _ in memory.iter_epoch(1)]
+    reads.clear()
+    resumed = [[codec.decode(r) for r in t.tolist()] for t, _ in stream.iter_epoch(1, 20)]
+    assert resumed == epoch[20:] and len(set(reads)) < len(stream.units)  # no replay
+    with pytest.raises(RayganError, match="smaller than one global batch"):
+        StreamBatches(out, batch_size_per_rank=16, world_size=8, buffer_rows=64)
 
 
 # -- failures ---------------------------------------------------------------------------------------

@@ -89,6 +89,46 @@ def test_ddp_dense_reinforce_equals_one_process(ray_cluster, oracle_data, tmp_pa
     )
 
 
+@pytest.fixture(scope="module")
+def sharded_oracle(tmp_path_factory) -> str:
+    """conftest's oracle corpus in 8 shards of 32 rows (one row group each)."""
+    from raygan.data.prepare import prepare_oracle
+
+    out = tmp_path_factory.mktemp("sharded") / "data"
+    prepare_oracle(str(out), oracle="random", num_samples=256, num_test=64, vocab_size=30,
+                   max_len=8, shard_rows=32, seed=0, progress=False)  # fmt: skip
+    return str(out)
+
+
+def test_the_reader_streams_when_the_split_outgrows_its_buffer(sharded_oracle):
+    from raygan.run.loop import BatchStream
+
+    common = {"rank": 0, "world_size": 1, "batch_size": 8, "seed": 0, "reader": "auto"}
+    assert BatchStream(sharded_oracle, buffer_rows=100, **common).reader == "stream"
+    assert BatchStream(sharded_oracle, buffer_rows=256, **common).reader == "memory"
+
+
+def test_ddp_with_the_streaming_reader_equals_one_process_across_a_kill(
+    ray_cluster, sharded_oracle, tmp_path
+):
+    """Windows of two shards (buffer 40 rows), 2 workers, a worker killed at step 35 of epoch 1
+    (32 steps an epoch): the run resumes mid-epoch from step 33 and ends with the weights of one
+    uninterrupted process that streams the same order."""
+    overrides = {**TINY_TRAIN, "estimator": "dense", "reader": "stream",
+                 "reader_buffer_rows": 40, "mle_steps": 40, "fail_at_step": 35,
+                 "max_failures": 2}  # fmt: skip
+    run_dir = tmp_path / "run"
+    summary = fit(sharded_oracle, str(run_dir), overrides, log=lambda *_: None)
+    assert (run_dir / ".fail_at_step_fired").read_text() == "35"
+    assert summary["reader"] == "stream" and summary["final_step"] == 45
+    reference = _reference(sharded_oracle, {**overrides, "fail_at_step": -1})[45]
+    distributed, _, _ = load_checkpoint(run_dir / "final")
+    _assert_same_weights(distributed, reference, atol=1e-5)
+    in_memory = _reference(sharded_oracle, {**overrides, "fail_at_step": -1, "reader": "memory"})
+    with pytest.raises(AssertionError):  # the streamed order is not RankBatches' order
+        _assert_same_weights(in_memory[45], reference, atol=1e-5)
+
+
 def test_killed_worker_resumes_from_checkpoint(ray_cluster, oracle_data, tmp_path):
     """A worker SIGKILLed at step 5 (the last checkpoint was step 3): the group restarts from it and
     ends with the exact step count and the same weights as an uninterrupted run."""

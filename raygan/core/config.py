@@ -236,6 +236,7 @@ class ScheduleConfig:
 
 
 MONITORS = ("nll_test", "g_loss")
+READERS = ("auto", "memory", "stream")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,10 +285,20 @@ class TrainerConfig:
     """Checkpoint directory whose G (and D) weights start this run; its vocab must match the data."""
     fail_at_step: int = -1
     """Test hook: the last worker SIGKILLs itself on reaching this step, on the first attempt only."""
+    reader: str = "auto"
+    """How a worker reads the train split: memory (all of it in RAM, shuffled whole each epoch),
+    stream (Parquet row groups through a shuffle buffer of reader_buffer_rows rows: memory
+    bounded whatever the corpus), or auto: stream when the split has more rows than the buffer.
+    The two orders differ (raygan.data.read); the run summary says which one ran."""
+    reader_buffer_rows: int = 1_000_000
+    """Rows a streaming reader shuffles together (~80 MB at 20 tokens a row); at least one
+    global batch."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "checkpoint_every")
+        _check_positive(self, "reader_buffer_rows")
         _check_choice(self, "monitor", MONITORS)
+        _check_choice(self, "reader", READERS)
         if self.patience < 0 or self.rng_streams < 0:
             raise RayganError("patience and rng_streams must be >= 0")
 

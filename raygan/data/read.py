@@ -1,6 +1,7 @@
 """Reading a prepared directory back (raygan.data.layout), with no Ray: `verify` checks everything
 (sha256 included), `read_split` returns a whole split padded (evaluation), `RankBatches` yields one
-DDP rank's training batches.
+DDP rank's training batches from the split held in RAM, `StreamBatches` the same from a bounded
+shuffle buffer over the split's Parquet row groups.
 
 Shape legend: N=rows B=batch T=max_len.
 """
@@ -110,15 +111,23 @@ class _Rows:
 
     @classmethod
     def load(cls, fs: pafs.FileSystem, root: str, manifest: dict, split: str) -> _Rows:
-        values, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]
-        for shard in _split_entry(manifest, split, root)["shards"]:
-            v, n = _read_shard(fs, storage.join(root, shard["file"]), shard["rows"], manifest)
-            values.append(v)
-            lengths.append(n)
-        lengths_N = np.concatenate(lengths)
+        shards = _split_entry(manifest, split, root)["shards"]
+        return cls.concat([
+            cls.from_arrays(*_read_shard(fs, storage.join(root, s["file"]), s["rows"], manifest))
+            for s in shards
+        ])  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, values: np.ndarray, lengths_N: np.ndarray) -> _Rows:
         offsets = np.zeros(len(lengths_N) + 1, dtype=np.int64)
         np.cumsum(lengths_N, out=offsets[1:])
-        return cls(np.concatenate(values), offsets, lengths_N)
+        return cls(values, offsets, lengths_N)
+
+    @classmethod
+    def concat(cls, parts: list[_Rows]) -> _Rows:
+        values = [np.zeros(0, np.int32), *(p.values for p in parts)]
+        lengths = [np.zeros(0, np.int32), *(p.lengths for p in parts)]
+        return cls.from_arrays(np.concatenate(values), np.concatenate(lengths))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -254,7 +263,7 @@ class RankBatches:
 
     Memory: the split's tokens stay in RAM as int32, 4 bytes per token plus 12 per row (offsets,
     lengths): COCO (10k rows) ~0.6 MB; 10M rows of 20 tokens ~0.9 GB per worker. Only the tokens and
-    length columns are read. Corpora larger than RAM would need shard-level shuffling (not built).
+    length columns are read. StreamBatches keeps memory bounded instead.
     """
 
     def __init__(
@@ -276,8 +285,6 @@ class RankBatches:
                 f"need batch_size_per_rank >= 1 and seed >= 0, got {batch_size_per_rank}, {seed}"
             )
         manifest = load_manifest(data_dir)
-        fs, root = storage.filesystem(data_dir)
-        self.rows = _Rows.load(fs, root, manifest, split)
         self.max_len, self.pad_id = manifest["max_len"], _pad_id(manifest)
         self.rank, self.world_size, self.batch, self.seed = (
             rank,
@@ -285,14 +292,20 @@ class RankBatches:
             batch_size_per_rank,
             seed,
         )
-        self.steps_per_epoch = len(self.rows) // (world_size * batch_size_per_rank)
+        self.num_rows = self._load(data_dir, manifest, split)
+        self.steps_per_epoch = self.num_rows // (world_size * batch_size_per_rank)
         if self.steps_per_epoch == 0:
             raise RayganError(
-                f"{split} split of {data_dir} has {len(self.rows)} rows, fewer than one global batch "
+                f"{split} split of {data_dir} has {self.num_rows} rows, fewer than one global batch "
                 f"(world_size {world_size} x batch_size_per_rank {batch_size_per_rank})"
             )
         self._check_position(epoch, start_step)
         self.epoch, self.start_step = epoch, start_step
+
+    def _load(self, data_dir: str, manifest: dict, split: str) -> int:
+        fs, root = storage.filesystem(data_dir)
+        self.rows = _Rows.load(fs, root, manifest, split)
+        return len(self.rows)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -305,11 +318,17 @@ class RankBatches:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(tokens (B, T) int64, lengths (B,) int64) for steps start_step .. steps_per_epoch - 1."""
         self._check_position(epoch, start_step)
-        perm_N = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        rows_at = self._epoch_order(epoch)
         global_batch = self.world_size * self.batch
         for step in range(start_step, self.steps_per_epoch):
-            first = step * global_batch + self.rank * self.batch
-            yield self.rows.gather(perm_N[first : first + self.batch], self.max_len, self.pad_id)
+            yield rows_at(step * global_batch + self.rank * self.batch, self.batch)
+
+    def _epoch_order(self, epoch: int):
+        """A function (first, count) -> the batch of the epoch order's rows first..first+count-1."""
+        perm_N = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        return lambda first, count: self.rows.gather(
+            perm_N[first : first + count], self.max_len, self.pad_id
+        )
 
     def _check_position(self, epoch: int, start_step: int) -> None:
         if epoch < 0 or not 0 <= start_step <= self.steps_per_epoch:
@@ -317,6 +336,111 @@ class RankBatches:
                 f"need epoch >= 0 and start_step in [0, {self.steps_per_epoch}], "
                 f"got {epoch}, {start_step}"
             )
+
+
+DEFAULT_BUFFER_ROWS = 1_000_000
+
+
+class StreamBatches(RankBatches):
+    """RankBatches with memory bounded by a shuffle buffer instead of the split's size.
+
+    The epoch order: the split's Parquet row groups in a permutation seeded by (seed, e), grouped
+    in that order into windows of at least `buffer_rows` rows (whole row groups), each window's
+    rows permuted by (seed, e, window). Global step s takes positions s*W*b .. (s+1)*W*b - 1 of
+    that order and rank r its r-th block of b, as in RankBatches, so the W ranks' batches are
+    still one process's batch of W*b, every rank runs N // (W*b) steps, and a resumed epoch
+    starts at its step's window without reading the ones before. A rank holds at most the two
+    windows its batch straddles (buffer_rows >= W*b is required).
+
+    Every rank reads every window (its rows are spread over the window's row groups): per epoch
+    each worker reads the split once, at Parquet speed (BENCHMARKS.md, prepare section), which
+    is far above what a training step consumes; in exchange the order does not depend on W.
+    """
+
+    def __init__(self, data_dir: str, *, buffer_rows: int = DEFAULT_BUFFER_ROWS, **kwargs):
+        if buffer_rows < 1:
+            raise RayganError(f"buffer_rows must be >= 1, got {buffer_rows}")
+        self.buffer_rows = buffer_rows
+        super().__init__(data_dir, **kwargs)
+        if buffer_rows < self.world_size * self.batch:
+            raise RayganError(
+                f"buffer_rows {buffer_rows} is smaller than one global batch "
+                f"({self.world_size} x {self.batch}): a batch could span three windows"
+            )
+
+    def _load(self, data_dir: str, manifest: dict, split: str) -> int:
+        self.fs, root = storage.filesystem(data_dir)
+        self.manifest = manifest
+        self.units = _row_groups(self.fs, root, manifest, split)  # (path, group, rows)
+        return sum(rows for _, _, rows in self.units)
+
+    def _epoch_order(self, epoch: int):
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+        windows: list[list[int]] = [[]]
+        sizes = [0]
+        for unit in order:
+            if sizes[-1] >= self.buffer_rows:
+                windows.append([])
+                sizes.append(0)
+            windows[-1].append(int(unit))
+            sizes[-1] += self.units[unit][2]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        loaded: dict[int, tuple[_Rows, np.ndarray]] = {}
+
+        def window(w: int) -> tuple[_Rows, np.ndarray]:
+            if w not in loaded:
+                for old in [k for k in loaded if k < w]:
+                    del loaded[old]  # positions only move forward
+                rows = _Rows.concat([self._read_unit(u) for u in windows[w]])
+                perm = np.random.default_rng([self.seed, epoch, w]).permutation(len(rows))
+                loaded[w] = rows, perm
+            return loaded[w]
+
+        def rows_at(first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+            parts, position = [], first
+            while position < first + count:
+                w = int(np.searchsorted(starts, position, side="right")) - 1
+                rows, perm = window(w)
+                end = min(first + count, int(starts[w + 1]))
+                picked = perm[position - starts[w] : end - starts[w]]
+                parts.append(rows.gather(picked, self.max_len, self.pad_id))
+                position = end
+            if len(parts) == 1:
+                return parts[0]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+        return rows_at
+
+    def _read_unit(self, unit: int) -> _Rows:
+        path, group, rows = self.units[unit]
+        try:
+            with self.fs.open_input_file(path) as f:
+                table = pq.ParquetFile(f).read_row_group(group, columns=["tokens", "length"])
+        except (pa.ArrowException, OSError) as exc:
+            raise RayganError(f"{path} is not a readable Parquet shard ({exc})") from None
+        if table.num_rows != rows:
+            raise RayganError(f"{path} row group {group} has {table.num_rows} rows, not {rows}")
+        return _Rows.from_arrays(*_check_rows(table, path, self.manifest))
+
+
+def _row_groups(fs, root: str, manifest: dict, split: str) -> list[tuple[str, int, int]]:
+    """(shard path, row group, rows) of every row group of `split`, from the Parquet footers."""
+    units = []
+    for shard in _split_entry(manifest, split, root)["shards"]:
+        path = storage.join(root, shard["file"])
+        _require_file(fs, path)
+        try:
+            with fs.open_input_file(path) as f:
+                parquet = pq.ParquetFile(f)
+                _check_schema(parquet.schema_arrow, path)
+                meta = parquet.metadata
+        except (pa.ArrowException, OSError) as exc:
+            raise RayganError(f"{path} is not a readable Parquet shard ({exc})") from None
+        if meta.num_rows != shard["rows"]:
+            found = f"{path} has {meta.num_rows} rows"
+            raise RayganError(f"{found}; manifest.json says {shard['rows']}")
+        units += [(path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    return [unit for unit in units if unit[2]]
 
 
 def oracle_from_npz(npz: bytes, name: str):

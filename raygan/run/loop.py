@@ -102,7 +102,11 @@ def phase_of(step: int, cfg: Config) -> tuple[str, int, int]:
 
 
 class BatchStream:
-    """This rank's real batches as an endless iterator over epochs; `consumed` is the data position."""
+    """This rank's real batches as an endless iterator over epochs; `consumed` is the data position.
+
+    `reader` (TrainerConfig.reader): RankBatches (the split in RAM) or StreamBatches (a bounded
+    shuffle buffer); `auto` streams a split of more rows than `buffer_rows`. `self.reader` says
+    which one runs."""
 
     def __init__(
         self,
@@ -114,12 +118,21 @@ class BatchStream:
         seed: int,
         consumed: int = 0,
         device: torch.device | None = None,
+        reader: str = "memory",
+        buffer_rows: int = 1_000_000,
     ):
-        from raygan.data.read import RankBatches
+        from raygan.data.read import RankBatches, StreamBatches, load_manifest
 
-        self._batches = RankBatches(
-            data_dir, batch_size_per_rank=batch_size, rank=rank, world_size=world_size, seed=seed
-        )
+        if reader == "auto":
+            rows = load_manifest(data_dir)["splits"]["train"]["rows"]
+            reader = "stream" if rows > buffer_rows else "memory"
+        common = {"batch_size_per_rank": batch_size, "rank": rank, "world_size": world_size,
+                  "seed": seed}  # fmt: skip
+        if reader == "stream":
+            self._batches = StreamBatches(data_dir, buffer_rows=buffer_rows, **common)
+        else:
+            self._batches = RankBatches(data_dir, **common)
+        self.reader = reader
         self.steps_per_epoch = self._batches.steps_per_epoch
         self.consumed, self.device, self._iter, self._epoch = consumed, device, None, -1
 
@@ -400,7 +413,9 @@ def train_loop(run: RunSpec, ctx: WorkerContext) -> dict[str, Any]:
     gen, disc = ctx.prepare_model(gen.to(device)), ctx.prepare_model(disc.to(device))
     per_rank = cfg.schedule.batch_size // world
     batches = BatchStream(data_dir, rank=rank, world_size=world, batch_size=per_rank,
-                          seed=cfg.schedule.seed, consumed=consumed, device=device)  # fmt: skip
+                          seed=cfg.schedule.seed, consumed=consumed, device=device,
+                          reader=cfg.trainer.reader,
+                          buffer_rows=cfg.trainer.reader_buffer_rows)  # fmt: skip
     held_out = HeldOutMetrics(data_dir, cfg, device, run.frontier) if rank == 0 else None
     board = TensorBoard(run_dir, rank, step)
     reduce_mean = _all_reduce_mean if world > 1 else None
@@ -498,6 +513,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext) -> dict[str, Any]:
         "early_stops": [h for h in history if "early_stop" in h],
         "history": history,
         "worker_nodes": worker_nodes,
+        "reader": batches.reader,
     }
 
 
