@@ -10,6 +10,11 @@ and record wall time, lines/s, MB/s and peak RSS (getrusage, plus a thread sampl
 50 ms). Flat memory means the peak RSS ratio between sizes stays near 1 while the input grows.
 Then, in another child, time RankBatches: loading the train split and producing batches (rows/s).
 
+Reader (`--reader-rows`): synthetic train splits of 1M and 10M rows (20 random tokens each, in
+shards of 100,000 rows written straight with pyarrow), read by RankBatches (the split in RAM) and
+StreamBatches (a 1M-row shuffle buffer) in fresh processes: peak RSS, time to the first batch,
+rows/s over 2,000 batches of 64.
+
 Scaling (`--scaling-mb`): one corpus prepared per tokenizer kind by one process, and by
 `--workers 1` and `--workers 2` on a Ray cluster of two 1-CPU nodes (ray.cluster_utils.Cluster,
 started before the clock), with the tokenizer's own encode_batch rate beside them (MB/s per
@@ -152,6 +157,60 @@ def child_tokenize(corpus: str, kind: str) -> dict:
     return {"kind": kind, "encode_mb_per_s": round(Path(corpus).stat().st_size / 1e6 / seconds, 2)}
 
 
+def write_rows(out: str, rows: int, *, max_len: int = 20, vocab: int = 5000) -> None:
+    """A prepared directory whose train split is `rows` random fixed-length rows in shards of
+    100,000 (test: 1,000 rows): a tiny random-oracle corpus's manifest with these shards."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raygan.data.layout import SHARD_SCHEMA
+    from raygan.data.prepare import prepare_oracle
+
+    prepare_oracle(out, oracle="random", num_samples=1, num_test=1, vocab_size=vocab,
+                   max_len=max_len, progress=False)  # fmt: skip
+    manifest = json.loads(Path(out, "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    for split, n in (("train", rows), ("test", 1000)):
+        shards = []
+        for start in range(0, n, 100_000):
+            count, name = min(100_000, n - start), f"{split}-{start // 100_000:05d}.parquet"
+            tokens = rng.integers(0, vocab, size=count * max_len, dtype=np.int32)
+            offsets = pa.array(np.arange(0, count * max_len + 1, max_len, dtype=np.int32))
+            table = pa.Table.from_arrays(
+                [pa.ListArray.from_arrays(offsets, pa.array(tokens)),
+                 pa.array(np.full(count, max_len, dtype=np.int32))], schema=SHARD_SCHEMA,
+            )  # fmt: skip
+            pq.write_table(table, Path(out, name), compression="zstd")
+            sha = hashlib.sha256(Path(out, name).read_bytes()).hexdigest()
+            shards.append({"file": name, "rows": count, "sha256": sha})
+        manifest["splits"][split] = {"rows": n, "shards": shards}
+    Path(out, "manifest.json").write_text(json.dumps(manifest))
+
+
+def child_reader(out: str, reader: str, batch: int, max_batches: int) -> dict:
+    from raygan.data.read import RankBatches, StreamBatches
+
+    started = time.perf_counter()
+    kind = StreamBatches if reader == "stream" else RankBatches
+    batches = iter(kind(out, batch_size_per_rank=batch, seed=0))
+    next(batches)
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(max_batches):
+        next(batches)
+    seconds = time.perf_counter() - started
+    return {
+        "reader": reader,
+        "first_batch_s": round(first_s, 3),
+        "rows_per_s": round(max_batches * batch / seconds),
+        "rss_peak_getrusage_mb": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
+    }
+
+
 def child_read(out: str, batch: int, world_size: int, max_batches: int) -> dict:
     from raygan.data.read import RankBatches
 
@@ -225,10 +284,25 @@ def scaling_table(scaling: dict) -> str:
     return "\n".join(rows)
 
 
+def reader_table(cells: list[dict]) -> str:
+    rows = [
+        "Training reader (one rank, batch 64, train split of N synthetic rows of 20 tokens):",
+        "",
+        "| rows | reader | first batch s | rows/s | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    for c in cells:
+        rows.append(f"| {c['rows']:,} | {c['reader']} | {c['first_batch_s']:.2f} "
+                    f"| {c['rows_per_s']:,} | {c['rss_peak_getrusage_mb']:.0f} |")  # fmt: skip
+    return "\n".join(rows)
+
+
 def render(report: dict) -> str:
     results = report["results"]
     peaks = [r["prepare"]["rss_peak_getrusage_mb"] for r in results]
     scaling = f"\n\n{scaling_table(report['scaling'])}" if report.get("scaling") else ""
+    if report.get("reader"):
+        scaling += f"\n\n{reader_table(report['reader'])}"
     return (
         f"{table(results)}\n\nPeak RSS of the largest over the smallest input: "
         f"{peaks[-1] / peaks[0]:.2f} (flat memory: prepare streams). Each measurement runs in a "
@@ -245,6 +319,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scaling-mb", type=float, default=40, help="0: no scaling cells")
     parser.add_argument("--piece-mb", type=float, default=4, help="pieces of the scaling cells")
+    parser.add_argument("--reader-rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -269,7 +344,24 @@ def measure(args: argparse.Namespace) -> dict:
     megabytes = 0.5 if args.smoke_test else args.scaling_mb
     if megabytes:
         report["scaling"] = scaling(megabytes, args)
+    sizes = [20_000] if args.smoke_test else args.reader_rows
+    if sizes:
+        report["reader"] = readers(sizes, args)
     return report
+
+
+def readers(sizes: list[int], args: argparse.Namespace) -> list[dict]:
+    cells = []
+    for rows in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench_reader_") as tmp:
+            out = str(Path(tmp) / "data")
+            write_rows(out, rows)
+            for reader in ("memory", "stream"):
+                batches = "200" if args.smoke_test else str(args.max_batches)
+                cell = {"rows": rows, **run_child("reader", out, reader, "64", batches)}
+                print(json.dumps(cell), file=sys.stderr)
+                cells.append(cell)
+    return cells
 
 
 def scaling(megabytes: float, args: argparse.Namespace) -> dict:
@@ -301,6 +393,8 @@ def child(argv: list[str]) -> None:
         result = child_prepare_ray(*rest)
     elif kind == "tokenize":
         result = child_tokenize(*rest)
+    elif kind == "reader":
+        result = child_reader(rest[0], rest[1], int(rest[2]), int(rest[3]))
     else:
         result = child_read(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
     print(json.dumps(result))
