@@ -227,6 +227,29 @@ def test_chinese_with_char_and_word(tmp_path):
     assert decoded == ["我 喜 欢 猫 。", "今 天 天 气 很 好", "猫 在 睡 觉"]
 
 
+def test_the_char_path_equals_the_char_tokenizer_on_any_unicode():
+    """prepare's char tokenizer (code-point counts, numpy ids) against tokenizers' own char
+    pipeline trained and run on the same lines: the same vocabulary and the same rows."""
+    from raygan.data.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    alphabet = ("abcXYZ 09.,!?'\"\t\r\x01\x7f éüß ñ 我喜欢猫。ＡＢ 😀🚀 e\u0301 \u200b\u2028\u00a0"
+                "\U0001f1fa\U0001f1f8 ا ب ת κ Ж")
+    lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    lines = [line.strip() for line in lines if line.strip()]
+    for vocab_size, min_frequency in ((None, 1), (40, 1), (None, 420)):
+        reference = train_tokenizer("char", [lines[:2000]], vocab_size=vocab_size,
+                                    min_frequency=min_frequency)  # fmt: skip
+        ours = data.char_tokenizer(data.char_counts([lines[:2000]]), vocab_size=vocab_size,
+                                   min_frequency=min_frequency)  # fmt: skip
+        assert ours.get_vocab() == reference.get_vocab()
+        expected, found = data.SplitCounts(), data.SplitCounts()
+        want = data._encode(reference, lines, 20, expected)
+        got = data.encoder(ours, "char")(lines, 20, found)
+        assert got.equals(want) and found == expected
+        assert (expected.unk_tokens > 0) == (ours.get_vocab_size() < 4 + len(set("".join(lines))))
+
+
 def test_bpe_round_trip_keeps_case(tmp_path):
     src = write_lines(tmp_path / "a.txt", SENTENCES * 4)
     summary = prepare_text(

@@ -9,16 +9,16 @@ a local path must be one that every node sees). The tasks run in up to three rou
 
 0. Lines per piece (a newline count), only when the test split is drawn by line number: each
    piece then knows the number of its first line, which _is_test hashes.
-1. word and char: each piece encodes its lines with a tokenizer trained on that piece alone (so
-   it knows every word) and keeps those rows under _pieces/, with its words and their counts in
-   training lines. A WordLevel tokenizer gives one token per word whatever its vocabulary, so
-   lengths and dropped lines are final here. Summed over pieces, the counts give the vocabulary
-   one process's trainer builds (tokenizers' WordLevelTrainer: most frequent first, ties by
-   word, then min_frequency and vocab_size): no process reads the whole corpus.
+1. word: each piece encodes its lines with a tokenizer trained on that piece alone (so it knows
+   every word) and keeps those rows under _pieces/, with its words and their counts in training
+   lines. A WordLevel tokenizer gives one token per word whatever its vocabulary, so lengths and
+   dropped lines are final here. char: only the counts of the piece's code points (numpy finds
+   them at once). Summed over pieces, the counts give the vocabulary one process's trainer
+   builds (raygan.data.tokenizer.trained_vocabulary): no process reads the whole corpus.
    bpe: merges do not add up over pieces, so the driver trains the tokenizer in one pass over
    the train split, as prepare_text does (that pass bounds BPE's speed-up).
-2. Each piece's rows in the corpus's ids (word, char: the kept rows through an id table; bpe:
-   encoded with the trained tokenizer), written as its shards.
+2. Each piece's rows in the corpus's ids (word: the kept rows through an id table; bpe and
+   char: encoded with the trained tokenizer, char by prepare's numpy encoder), as its shards.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from tokenizers import Tokenizer, models
+from tokenizers import Tokenizer
 
 from raygan.core.errors import RayganError
 from raygan.data import storage
@@ -52,9 +52,16 @@ from raygan.data.prepare import (
     _ShardWriter,
     _Source,
     _train,
+    char_counts,
+    encoder,
     readable,
 )
-from raygan.data.tokenizer import SPECIAL_TOKENS, UNK_ID, build_tokenizer, train_tokenizer
+from raygan.data.tokenizer import (
+    UNK_ID,
+    train_tokenizer,
+    trained_vocabulary,
+    wordlevel_tokenizer,
+)
 
 PIECES_DIR = "_pieces"  # round 1's rows and word counts, and the trained tokenizer; removed after
 _SCAN_BYTES = 1 << 16  # read when looking for the line start after a cut
@@ -106,7 +113,13 @@ def build_text(
         max_len, note = _max_len(tok, train_sources, opt)
         _save_tokenizer(target, tok)
         results = run("encode", _encode_piece, max_len=max_len)
-    else:  # word, char
+    elif opt.tokenizer == "char":  # counts, then one numpy pass (prepare's encoder)
+        max_len, note = _max_len(_any_vocabulary(opt.tokenizer), train_sources, opt)
+        run("count", _count_chars)
+        tok = _merged_tokenizer(target, pieces, opt)
+        _save_tokenizer(target, tok)
+        results = run("encode", _encode_piece, max_len=max_len)
+    else:  # word
         max_len, note = _max_len(_any_vocabulary(opt.tokenizer), train_sources, opt)
         found = run("read", _encode_piece_locally, max_len=max_len)
         tok = _merged_tokenizer(target, pieces, opt)
@@ -261,15 +274,24 @@ def _remap_piece(piece: Piece, target: _Target, opt: TextOptions) -> dict:
     return {"shards": shards, "unk_tokens": unknown}
 
 
+def _count_chars(piece: Piece, target: _Target, opt: TextOptions) -> dict:
+    """Round 1 (char): the code points of the piece's training lines and their counts."""
+    texts = _piece_texts(piece, {name: SplitCounts() for name in SPLITS}, opt)
+    counts = char_counts([texts["train"]])
+    present = np.flatnonzero(counts)
+    words = pa.table({"word": [chr(c) for c in present], "count": counts[present]})
+    pq.write_table(words, target.file(_words_file(piece)), filesystem=target.fs)
+    return {}
+
+
 def _encode_piece(piece: Piece, target: _Target, opt: TextOptions, max_len: int) -> dict:
-    """Rounds 1 and 2 in one (bpe): the piece encoded with the trained tokenizer, its shards."""
-    tok = _load_tokenizer(target)
+    """Round 2 (bpe, char): the piece encoded with the trained tokenizer, its shards."""
+    encode = encoder(_load_tokenizer(target), opt.tokenizer)
     counts = {name: SplitCounts() for name in SPLITS}
     texts = _piece_texts(piece, counts, opt)
     shards = {}
     for name in SPLITS:
-        table = _encoded_rows(tok.encode_batch(texts[name], add_special_tokens=False), max_len,
-                              counts[name])  # fmt: skip
+        table = encode(texts[name], max_len, counts[name])
         shards[name] = _write_shards(piece, name, table, target, opt)
     return {"counts": {name: asdict(c) for name, c in counts.items()}, "shards": shards}
 
@@ -309,29 +331,16 @@ def _words_file(piece: Piece) -> str:
 def _any_vocabulary(kind: str) -> Tokenizer:
     """A `kind` tokenizer whose vocabulary is the special tokens alone: its encodings have the
     lengths of the trained one's (one token per word, unknown or not)."""
-    tok = build_tokenizer(kind)
-    tok.model = models.WordLevel(
-        {name: i for i, name in enumerate(SPECIAL_TOKENS)}, unk_token=SPECIAL_TOKENS[UNK_ID]
-    )
-    return tok
+    return wordlevel_tokenizer(kind, [])
 
 
 def _merged_tokenizer(target: _Target, pieces: list[Piece], opt: TextOptions) -> Tokenizer:
-    """The WordLevel vocabulary of the whole train split from round 1's counts, ordered as
-    WordLevelTrainer orders it: by count (descending), then by word (bytes, ascending)."""
+    """The tokenizer of the whole train split, from round 1's word counts."""
     tables = [pq.read_table(target.file(_words_file(p)), filesystem=target.fs) for p in pieces]
     words = pa.concat_tables(tables)
-    words = words.filter(pc.invert(pc.is_in(words["word"], pa.array(SPECIAL_TOKENS))))
-    summed = words.group_by("word").aggregate([("count", "sum")])
-    summed = summed.filter(pc.greater_equal(summed["count_sum"], opt.min_frequency))
-    order = pc.sort_indices(summed, [("count_sum", "descending"), ("word", "ascending")])
-    kept = summed["word"].take(order).to_pylist()
-    if opt.vocab_size is not None:
-        kept = kept[: max(opt.vocab_size - len(SPECIAL_TOKENS), 0)]
-    vocab = {name: i for i, name in enumerate((*SPECIAL_TOKENS, *kept))}
-    tok = build_tokenizer(opt.tokenizer)
-    tok.model = models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK_ID])
-    return tok
+    kept = trained_vocabulary(words["word"], words["count"], vocab_size=opt.vocab_size,
+                              min_frequency=opt.min_frequency)  # fmt: skip
+    return wordlevel_tokenizer(opt.tokenizer, kept)
 
 
 def _save_tokenizer(target: _Target, tok: Tokenizer) -> None:

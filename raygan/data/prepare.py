@@ -12,6 +12,7 @@ Shape legend: N=rows T=max_len.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -42,7 +43,16 @@ from raygan.data.layout import (
     TOKENIZER_FILE,
 )
 from raygan.data.read import oracle_from_npz
-from raygan.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TOKENIZER_KINDS, UNK_ID, train_tokenizer
+from raygan.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    TOKENIZER_KINDS,
+    UNK_ID,
+    train_tokenizer,
+    trained_vocabulary,
+    wordlevel_tokenizer,
+)
 
 READ_BLOCK_BYTES = 1 << 20  # text is read, decoded and encoded ~1 MiB at a time
 ORACLE_CHUNK = 2000  # oracle sequences drawn per derived seed
@@ -337,6 +347,67 @@ def _encode(tokenizer, texts: list[str], max_len: int, counts: SplitCounts) -> p
     return _encoded_rows(tokenizer.encode_batch(texts, add_special_tokens=False), max_len, counts)
 
 
+def encoder(tokenizer, kind: str):
+    """_encode for `tokenizer`: (texts, max_len, counts) -> table. The char tokenizer's is
+    _encode_chars: the same ids from numpy, without the tokenizer's regex pass."""
+    if kind != "char":
+        return functools.partial(_encode, tokenizer)
+    lookup = np.full(MAX_CODE_POINT, UNK_ID, dtype=np.int32)
+    for token, i in tokenizer.get_vocab().items():
+        if len(token) == 1:  # the special tokens are longer
+            lookup[ord(token)] = i
+    return functools.partial(_encode_chars, lookup)
+
+
+# -- the char tokenizer without its regex pass ---------------------------------------------------
+MAX_CODE_POINT = 0x110000
+
+
+def code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The char tokenizer's tokens of every line, one per code point (its regex `(?m).` matches
+    each one), back to back (uint32), and each line's count."""
+    lengths_N = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    return np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32), lengths_N
+
+
+def char_counts(batches) -> np.ndarray:
+    """How often each code point occurs in the lines of `batches` (MAX_CODE_POINT counts)."""
+    total = np.zeros(MAX_CODE_POINT, dtype=np.int64)
+    for texts in batches:
+        total += np.bincount(code_points(texts)[0], minlength=MAX_CODE_POINT)
+    return total
+
+
+def char_tokenizer(counts: np.ndarray, *, vocab_size: int | None, min_frequency: int):
+    """The char tokenizer train_tokenizer would train on lines with these code-point counts."""
+    present = np.flatnonzero(counts)
+    words = [chr(c) for c in present]
+    kept = trained_vocabulary(words, counts[present], vocab_size=vocab_size,
+                              min_frequency=min_frequency)  # fmt: skip
+    return wordlevel_tokenizer("char", kept)
+
+
+def _encode_chars(lookup: np.ndarray, texts: list[str], max_len: int, counts: SplitCounts):
+    """_encode for the char tokenizer: ids through a code-point table (a stripped, non-empty line
+    has a token per character, so none is dropped as empty)."""
+    codes, lengths_N = code_points(texts)
+    keep_N = lengths_N < max_len  # room for EOS
+    ids = lookup[codes[np.repeat(keep_N, lengths_N)]]
+    kept_N = lengths_N[keep_N] + 1
+    offsets = np.zeros(len(kept_N) + 1, dtype=np.int32)
+    np.cumsum(kept_N, out=offsets[1:])
+    values = np.full(int(offsets[-1]), EOS_ID, dtype=np.int32)
+    token_mask = np.ones(len(values), dtype=bool)
+    token_mask[offsets[1:] - 1] = False  # the last of each row stays EOS
+    values[token_mask] = ids
+    counts.dropped_too_long += int(np.count_nonzero(~keep_N))
+    counts.kept += len(kept_N)
+    counts.tokens += len(values)
+    counts.unk_tokens += int(np.count_nonzero(values == UNK_ID))
+    tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pa.Table.from_arrays([tokens, pa.array(kept_N.astype(np.int32))], schema=SHARD_SCHEMA)
+
+
 def _encoded_rows(encodings, max_len: int, counts: SplitCounts) -> pa.Table:
     """_encode's rows from the lines' encodings."""
     rows = []
@@ -454,12 +525,13 @@ def _build_text(sources: list[_Source], output: _Output, opt: TextOptions):
     summary = PrepareSummary(output.uri, "text", tok.get_vocab_size(), max_len, max_len_note=note)
     summary.splits = {name: SplitCounts() for name in SPLITS}
     writers = {name: _ShardWriter(output, name, opt.shard_rows) for name in SPLITS}
+    encode = encoder(tok, opt.tokenizer)
     with _progress(sum(s.size for s in sources), "encode", opt.progress) as bar:
         for texts in _text_blocks(
             sources, summary.splits, bar, fraction=opt.test_fraction, seed=opt.seed
         ):
             for name, lines in texts.items():
-                writers[name].write(_encode(tok, lines, max_len, summary.splits[name]))
+                writers[name].write(encode(lines, max_len, summary.splits[name]))
     return tok, summary, {name: writer.close() for name, writer in writers.items()}
 
 
@@ -468,6 +540,9 @@ def _train(sources, kind, vocab_size, min_frequency, fraction, seed, progress):
     with _progress(sum(s.size for s in sources), "train tokenizer", progress) as bar:
         blocks = _text_blocks(sources, counts, bar, fraction=fraction, seed=seed)
         train_lines = (texts["train"] for texts in blocks if texts.get("train"))
+        if kind == "char":
+            return char_tokenizer(char_counts(train_lines), vocab_size=vocab_size,
+                                  min_frequency=min_frequency)  # fmt: skip
         return train_tokenizer(
             kind, train_lines, vocab_size=vocab_size, min_frequency=min_frequency
         )

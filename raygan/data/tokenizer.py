@@ -134,6 +134,33 @@ def train_tokenizer(
     return _without_added_tokens(tok)
 
 
+def trained_vocabulary(words, counts, *, vocab_size: int | None, min_frequency: int) -> list[str]:
+    """The words `train_tokenizer` keeps for word and char, from their counts: WordLevelTrainer's
+    order (most frequent first, ties by word: UTF-8 bytes, i.e. code points), at least
+    `min_frequency`, the first `vocab_size` - 4 (the special tokens come first)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(words, list):
+        words = pa.array(words, pa.string())
+    schema = pa.schema([("word", pa.string()), ("count", pa.int64())])
+    table = pa.table({"word": words, "count": counts}).cast(schema)
+    table = table.filter(pc.invert(pc.is_in(table["word"], pa.array(SPECIAL_TOKENS))))
+    table = table.group_by("word").aggregate([("count", "sum")])
+    table = table.filter(pc.greater_equal(table["count_sum"], min_frequency))
+    order = pc.sort_indices(table, [("count_sum", "descending"), ("word", "ascending")])
+    kept = table["word"].take(order).to_pylist()
+    return kept if vocab_size is None else kept[: max(vocab_size - len(SPECIAL_TOKENS), 0)]
+
+
+def wordlevel_tokenizer(kind: str, words: list[str]) -> Tokenizer:
+    """A trained `kind` (word or char) tokenizer with the special tokens, then `words`, as ids."""
+    tok = build_tokenizer(kind)
+    vocab = {name: i for i, name in enumerate((*SPECIAL_TOKENS, *words))}
+    tok.model = models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK_ID])
+    return tok
+
+
 def _without_added_tokens(tok: Tokenizer) -> Tokenizer:
     """Keep the specials in the vocabulary but stop matching them inside raw text."""
     data = json.loads(tok.to_str())
