@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import sys
@@ -99,12 +100,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section to write")
     p.add_argument("--small", dest="smoke_test", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--png", help="the plot (default benchmarks/quality.png; none in a smoke test)")
+    p.add_argument(
+        "--carry-over", metavar="JSON",
+        help="an earlier result of this benchmark: its oracle recipes this run does not run, and "
+        "its text arm when this run has none, join the result (refused unless every seed's MLE "
+        "curve is the same)",
+    )  # fmt: skip
 
 
 def measure(args: argparse.Namespace) -> dict:
     keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
     plan = _plan(args)
     result = run_quality(plan)
+    if args.carry_over:
+        result = _carry_over(result, plan, json.loads(Path(args.carry_over).read_text()), args)
     result["machine"] = _machine(placement_settings(plan.train_overrides).use_gpu)
     png = args.png or (None if args.smoke_test else "benchmarks/quality.png")
     if png:
@@ -117,6 +126,25 @@ def measure(args: argparse.Namespace) -> dict:
 
 BENCH = Benchmark(section=SECTION, default_json="benchmarks/quality.json", measure=measure,
                   render=markdown, add_arguments=add_arguments, out_is_json=False)  # fmt: skip
+
+
+def _carry_over(result: dict, plan: QualityPlan, earlier: dict, args) -> dict:
+    from raygan.bench.quality_oracle import carry_over
+
+    taken = []
+    if "oracle" in result and "oracle" in earlier:
+        result["oracle"], plan = carry_over(result["oracle"], plan, earlier["oracle"])
+        result["plan"]["recipes"] = list(plan.recipes)
+        taken += result["oracle"]["carried_over"]
+    if "text" not in result and "text" in earlier:
+        result["text"] = earlier["text"]
+        for key in ("text_train", "text_test", "text_recipes", "text_max_len", "text_mle_epochs",
+                    "text_hypotheses", "text_self_bleu", "text_temperatures", "fed_model"):
+            result["plan"][key] = earlier["plan"][key]
+        taken.append("the text arm")
+    result["carried_over"] = {"from": args.carry_over, "command": earlier.get("command"),
+                              "finished": earlier.get("finished"), "what": taken}  # fmt: skip
+    return result
 
 
 def _machine(use_gpu: bool) -> str:

@@ -276,3 +276,40 @@ def test_script_refuses_a_bad_train_setting_before_running(tmp_path, capsys, set
 def test_finite_rejects_nan_anywhere():
     assert finite({"a": [1.0, {"b": 2.0}]})
     assert not finite({"a": [1.0, {"b": math.nan}]})
+
+
+def _oracle_result(recipes: list[str], envelope: list, distance: dict[str, float]) -> dict:
+    """A hand-made oracle result: 3 seeds, each recipe and its control at the given distances."""
+    def run(name: str) -> dict:
+        d = distance[name]
+        return {"nll_oracle": 9.0 + d, "nll_test": 8.0, "distance": d, "distance_to_start": d,
+                "train_4grams": 0.001, "wall_s": 1.0, "time_curve": [],
+                "d_accuracy": {"key": "d_acc", "after_pretraining": 0.6,
+                               "adversarial_mean": 0.7, "adversarial_last": 0.7}}  # fmt: skip
+
+    names = ["mle", *(n for r in recipes for n in (r, f"{r}/constant"))]
+    seeds = {str(s): {"envelope": envelope, "runs": {n: run(n) for n in names}} for s in range(3)}
+    return {"source": "seqgan", "seeds": seeds}
+
+
+def test_carry_over_joins_earlier_recipes_only_on_the_same_mle_curve():
+    from raygan.bench.quality_oracle import carry_over
+
+    curve = [[7.6, 9.5], [7.7, 9.2], [8.0, 8.5]]
+    distance = {"mle": 0.0, "seqgan": 0.3, "seqgan/constant": 0.2, "ratio": -0.5,
+                "ratio/constant": 0.0}  # fmt: skip
+    earlier = _oracle_result(["seqgan", "ratio"], curve, distance)
+    current = _oracle_result(["ratio"], curve, {**distance, "ratio": -0.4})
+    plan = QualityPlan(out="x", oracle_path="oracle.npz", recipes=("ratio",))
+    merged, merged_plan = carry_over(current, plan, earlier)
+    assert merged_plan.recipes == ("seqgan", "ratio")
+    assert list(merged["seeds"]["1"]["runs"]) == ["mle", "seqgan", "seqgan/constant", "ratio",
+                                                  "ratio/constant"]  # fmt: skip
+    assert merged["carried_over"] == ["seqgan", "seqgan/constant"]
+    assert merged["seeds"]["2"]["runs"]["ratio"]["distance"] == -0.4  # this run's own, kept
+    assert merged["comparisons"]["seqgan"]["mean"] == pytest.approx(0.1)
+    assert merged["summary"]["seqgan/constant"]["n"] == 3
+    assert "reproduce" in merged["targets"]  # seqgan's target is back with its runs
+    moved = _oracle_result(["ratio"], [[7.6, 9.5], [7.7, 9.3], [8.0, 8.5]], distance)
+    with pytest.raises(RayganError, match="seed 0: MLE's curve differs"):
+        carry_over(moved, plan, earlier)

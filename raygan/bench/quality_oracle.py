@@ -3,6 +3,7 @@ per seed, every recipe and its constant control, scored on the frontier, with ti
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from raygan.bench.quality import (
     recipe_start,
     train,
 )
+from raygan.core.errors import RayganError
 from raygan.core.frontier import frontier_distance, pareto_front
 
 CONTROL = "constant"
@@ -91,6 +93,46 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
         "comparisons": {r: _versus_control(seeds, r) for r in plan.recipes if plan.controls},
         "targets": _targets(plan, seeds),
     }
+
+
+def carry_over(current: dict, plan: QualityPlan, earlier: dict) -> tuple[dict, QualityPlan]:
+    """`current`'s oracle results with the recipes only `earlier` (a previous result of this
+    benchmark) ran, and their controls, added seed by seed; summaries, comparisons and targets
+    recomputed over all of them. Refused unless every seed's MLE curve is the same in both
+    (the same data and MLE runs: their distances were measured against it)."""
+    if earlier.get("source") != current["source"]:
+        raise RayganError(f"carried-over oracle results are on {earlier.get('source')}, "
+                          f"this run's on {current['source']}")  # fmt: skip
+    runs_of = {seed: s["runs"] for seed, s in earlier["seeds"].items()}
+    added = [name for name in next(iter(runs_of.values()), {}) if name != "mle"
+             and name.split("/")[0] not in plan.recipes]  # fmt: skip
+    for seed, s in current["seeds"].items():
+        theirs = earlier["seeds"].get(seed)
+        if theirs is None or not _same_points(theirs["envelope"], s["envelope"]):
+            raise RayganError(f"seed {seed}: MLE's curve differs from the carried-over results' "
+                              "(other data or MLE runs), so their distances do not compare")  # fmt: skip
+        s["runs"].update({name: theirs["runs"][name] for name in added})
+    recipes = (*[n for n in added if "/" not in n], *plan.recipes)
+    order = ["mle", *(n for r in recipes for n in (r, control_name(r)))]
+    for s in current["seeds"].values():  # the table's order: each recipe, then its control
+        s["runs"] = {n: s["runs"][n] for n in order if n in s["runs"]}
+    merged = dataclasses.replace(plan, recipes=recipes)
+    seeds = current["seeds"]
+    goal = SEQGAN_GOAL if plan.oracle_path else None
+    methods = ["mle", *(n for n in next(iter(seeds.values()))["runs"] if n != "mle")]
+    current.update(
+        summary={m: _summary(seeds, m, goal) for m in methods},
+        comparisons={r: _versus_control(seeds, r) for r in recipes if plan.controls},
+        targets=_targets(merged, seeds),
+        carried_over=added,
+    )
+    return current, merged
+
+
+def _same_points(a: list, b: list, tol: float = 1e-9) -> bool:
+    return len(a) == len(b) and all(
+        abs(x - y) <= tol for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)
+    )
 
 
 def nll_oracle_of(oracle, samples) -> float:

@@ -41,6 +41,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"![quality-diversity]({result.get('plot', 'quality.png')})", "",
               f"Command: `{result.get('command', '')}` ({result.get('machine', '')}, "
               f"{result.get('finished', '')}).", ""]  # fmt: skip
+    if carried := result.get("carried_over"):
+        lines += [f"Carried over from an earlier run of the same data, seeds and MLE runs "
+                  f"(`{carried['command']}`, {carried['finished']}): "
+                  f"{', '.join(carried['what'])}.", ""]  # fmt: skip
     return "\n".join(lines).rstrip()
 
 
