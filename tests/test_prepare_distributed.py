@@ -119,3 +119,15 @@ def test_an_unreadable_input_is_a_one_line_error_naming_it(ray_cluster, tmp_path
     with pytest.raises(RayganError, match=r"input file .*bad\.txt\.gz cannot be read: .*runcated"):
         prepare_text([str(corrupt)], str(tmp_path / "out"), progress=False, workers=workers)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt.gz"]
+
+
+def test_file_uris_in_and_out(ray_cluster, inputs, tmp_path):
+    """Tasks open the inputs and write the shards by URI, as they would on object storage."""
+    uris = [Path(p).as_uri() for p in inputs]
+    out = (tmp_path / "out").as_uri()
+    prepare_text(uris, out, test_fraction=0.2, max_len=12, progress=False, workers=2,
+                 piece_mb=0.005)  # fmt: skip
+    prepare_text(inputs, str(tmp_path / "one"), test_fraction=0.2, max_len=12, progress=False)
+    for split in ("train", "test"):
+        assert np.array_equal(rows_of(out)[split][0], rows_of(str(tmp_path / "one"))[split][0])
+    assert verify(out)["splits"]["train"]["rows"] > 0
