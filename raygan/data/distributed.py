@@ -381,7 +381,7 @@ def _run_tasks(
     results: list[dict | None] = [None] * len(pieces)
     rows = ray.data.range(len(pieces), override_num_blocks=len(pieces)).map(
         _task, fn_kwargs={"fn": fn, "pieces": pieces, "kwargs": kwargs},
-        compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=min(workers, len(pieces))), num_cpus=1,
     )  # fmt: skip
     with _progress(sum(p.size for p in pieces), desc, progress) as bar:
         for row in rows.iter_rows():
