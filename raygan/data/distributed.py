@@ -238,7 +238,7 @@ def _piece_texts(piece: Piece, counts: dict[str, SplitCounts], opt: TextOptions)
 
 # -- rounds 1 and 2 ------------------------------------------------------------------------------
 def _encode_piece_locally(piece: Piece, target: _Target, opt: TextOptions, max_len: int) -> dict:
-    """Round 1 (word, char): the piece's rows in a vocabulary of its own, its words and their
+    """Round 1 (word): the piece's rows in a vocabulary of its own, its words and their
     counts in training lines (dropped lines included, as the trainer counts them)."""
     counts = {name: SplitCounts() for name in SPLITS}
     texts = _piece_texts(piece, counts, opt)
@@ -259,7 +259,7 @@ def _encode_piece_locally(piece: Piece, target: _Target, opt: TextOptions, max_l
 
 
 def _remap_piece(piece: Piece, target: _Target, opt: TextOptions) -> dict:
-    """Round 2 (word, char): round 1's rows in the corpus's ids, written as the piece's shards."""
+    """Round 2 (word): round 1's rows in the corpus's ids, written as the piece's shards."""
     vocab = _load_tokenizer(target).get_vocab()
     words = pq.read_table(target.file(_words_file(piece)), filesystem=target.fs)["word"]
     ids = np.array([vocab.get(w, UNK_ID) for w in words.to_pylist()], dtype=np.int32)
