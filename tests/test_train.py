@@ -111,15 +111,16 @@ def test_the_reader_streams_when_the_split_outgrows_its_buffer(sharded_oracle):
 def test_ddp_with_the_streaming_reader_equals_one_process_across_a_kill(
     ray_cluster, sharded_oracle, tmp_path
 ):
-    """Windows of two shards (buffer 40 rows), 2 workers, a worker killed at step 35 of epoch 1
-    (32 steps an epoch): the run resumes mid-epoch from step 33 and ends with the weights of one
+    """Windows of two shards (buffer 40 rows), 2 workers, 32 steps an epoch, a worker killed
+    once step 32 (the end of epoch 0) is done: the run resumes from step 30's checkpoint, two
+    batches before the epoch ends, crosses into epoch 1 again and ends with the weights of one
     uninterrupted process that streams the same order."""
     overrides = {**TINY_TRAIN, "estimator": "dense", "reader": "stream",
-                 "reader_buffer_rows": 40, "mle_steps": 40, "fail_at_step": 35,
+                 "reader_buffer_rows": 40, "mle_steps": 40, "fail_at_step": 32,
                  "max_failures": 2}  # fmt: skip
     run_dir = tmp_path / "run"
     summary = fit(sharded_oracle, str(run_dir), overrides, log=lambda *_: None)
-    assert (run_dir / ".fail_at_step_fired").read_text() == "35"
+    assert (run_dir / ".fail_at_step_fired").read_text() == "32"
     assert summary["reader"] == "stream" and summary["final_step"] == 45
     reference = _reference(sharded_oracle, {**overrides, "fail_at_step": -1})[45]
     distributed, _, _ = load_checkpoint(run_dir / "final")
