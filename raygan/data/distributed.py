@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -379,7 +380,8 @@ def _run_tasks(
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     results: list[dict | None] = [None] * len(pieces)
-    rows = ray.data.range(len(pieces), override_num_blocks=len(pieces)).map(
+    ids = [{"id": i} for i in range(len(pieces))]  # in the driver: no read tasks take CPUs
+    rows = ray.data.from_items(ids, override_num_blocks=len(pieces)).map(
         _task, fn_kwargs={"fn": fn, "pieces": pieces, "kwargs": kwargs},
         compute=ray.data.TaskPoolStrategy(size=min(workers, len(pieces))), num_cpus=1,
     )  # fmt: skip
@@ -397,6 +399,7 @@ def _task(row: dict, *, fn: Callable, pieces: list[Piece], kwargs: dict) -> dict
     """One piece. A user's mistake (RayganError) comes back as a result, so that the driver
     raises it as the one-line error it is; Ray would wrap it in its own traceback."""
     piece = pieces[int(row["id"])]
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the task holds one CPU, not every core
     try:
         result = fn(piece, **kwargs)
     except RayganError as error:
