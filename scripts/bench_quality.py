@@ -111,9 +111,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def measure(args: argparse.Namespace) -> dict:
     keep_freed_memory()  # G steps and samples in this process: see raygan.core.malloc
     plan = _plan(args)
+    earlier = _earlier(args.carry_over) if args.carry_over else None  # a bad file fails first
     result = run_quality(plan)
-    if args.carry_over:
-        result = _carry_over(result, plan, json.loads(Path(args.carry_over).read_text()), args)
+    if earlier is not None:
+        result = _carry_over(result, plan, earlier, args)
     result["machine"] = _machine(placement_settings(plan.train_overrides).use_gpu)
     png = args.png or (None if args.smoke_test else "benchmarks/quality.png")
     if png:
@@ -126,6 +127,13 @@ def measure(args: argparse.Namespace) -> dict:
 
 BENCH = Benchmark(section=SECTION, default_json="benchmarks/quality.json", measure=measure,
                   render=markdown, add_arguments=add_arguments, out_is_json=False)  # fmt: skip
+
+
+def _earlier(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RayganError(f"--carry-over {path}: not a readable result ({exc})") from None
 
 
 def _carry_over(result: dict, plan: QualityPlan, earlier: dict, args) -> dict:

@@ -108,7 +108,10 @@ def carry_over(current: dict, plan: QualityPlan, earlier: dict) -> tuple[dict, Q
              and name.split("/")[0] not in plan.recipes]  # fmt: skip
     for seed, s in current["seeds"].items():
         theirs = earlier["seeds"].get(seed)
-        if theirs is None or not _same_points(theirs["envelope"], s["envelope"]):
+        if theirs is None:
+            raise RayganError(f"seed {seed} is not among the carried-over results' seeds "
+                              f"({', '.join(earlier['seeds'])})")  # fmt: skip
+        if not _same_points(theirs["envelope"], s["envelope"]):
             raise RayganError(f"seed {seed}: MLE's curve differs from the carried-over results' "
                               "(other data or MLE runs), so their distances do not compare")  # fmt: skip
         s["runs"].update({name: theirs["runs"][name] for name in added})

@@ -8,6 +8,7 @@ Shape legend: N=rows B=batch T=max_len.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -148,16 +149,24 @@ class _Rows:
 def _read_shard(fs, path: str, rows: int, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
     """(flat token ids int32, lengths int32) of one shard, checked against the manifest."""
     _require_file(fs, path)
+    with _shard(fs, path) as parquet:
+        table = parquet.read(columns=["tokens", "length"])
+    if table.num_rows != rows:
+        raise RayganError(f"{path} has {table.num_rows} rows; manifest.json says {rows}")
+    return _check_rows(table, path, manifest)
+
+
+@contextlib.contextmanager
+def _shard(fs, path: str) -> Iterator[pq.ParquetFile]:
+    """A shard open for reading with its schema checked; one that cannot be read (truncated,
+    not Parquet) is a RayganError naming it."""
     try:
         with fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f)
             _check_schema(parquet.schema_arrow, path)
-            table = parquet.read(columns=["tokens", "length"])
+            yield parquet
     except (pa.ArrowException, OSError) as exc:
         raise RayganError(f"{path} is not a readable Parquet shard ({exc})") from None
-    if table.num_rows != rows:
-        raise RayganError(f"{path} has {table.num_rows} rows; manifest.json says {rows}")
-    return _check_rows(table, path, manifest)
 
 
 def _check_schema(schema: pa.Schema, path: str) -> None:
@@ -413,11 +422,8 @@ class StreamBatches(RankBatches):
 
     def _read_unit(self, unit: int) -> _Rows:
         path, group, rows = self.units[unit]
-        try:
-            with self.fs.open_input_file(path) as f:
-                table = pq.ParquetFile(f).read_row_group(group, columns=["tokens", "length"])
-        except (pa.ArrowException, OSError) as exc:
-            raise RayganError(f"{path} is not a readable Parquet shard ({exc})") from None
+        with _shard(self.fs, path) as parquet:
+            table = parquet.read_row_group(group, columns=["tokens", "length"])
         if table.num_rows != rows:
             raise RayganError(f"{path} row group {group} has {table.num_rows} rows, not {rows}")
         return _Rows.from_arrays(*_check_rows(table, path, self.manifest))
@@ -429,13 +435,8 @@ def _row_groups(fs, root: str, manifest: dict, split: str) -> list[tuple[str, in
     for shard in _split_entry(manifest, split, root)["shards"]:
         path = storage.join(root, shard["file"])
         _require_file(fs, path)
-        try:
-            with fs.open_input_file(path) as f:
-                parquet = pq.ParquetFile(f)
-                _check_schema(parquet.schema_arrow, path)
-                meta = parquet.metadata
-        except (pa.ArrowException, OSError) as exc:
-            raise RayganError(f"{path} is not a readable Parquet shard ({exc})") from None
+        with _shard(fs, path) as parquet:
+            meta = parquet.metadata
         if meta.num_rows != shard["rows"]:
             found = f"{path} has {meta.num_rows} rows"
             raise RayganError(f"{found}; manifest.json says {shard['rows']}")
