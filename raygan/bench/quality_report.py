@@ -192,14 +192,21 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+def _colors(o: dict) -> dict[str, str]:
+    """One colour per method, a recipe's control included (told apart by marker or line style),
+    the same in every panel."""
+    bases = dict.fromkeys(m.split("/")[0] for m in next(iter(o["seeds"].values()))["runs"])
+    return {base: f"C{i % 10}" for i, base in enumerate(bases)}
+
+
 def _frontier_panel(ax, result: dict) -> None:
     o = result["oracle"]
-    colors = {}
+    colors = _colors(o)
     for i, (seed, s) in enumerate(o["seeds"].items()):
         xs, ys = zip(*s["envelope"], strict=True)
         ax.plot(xs, ys, color="black", alpha=0.5, lw=1, label="MLE's curve" if i == 0 else None)
         for method, run in s["runs"].items():  # a recipe and its control share a colour
-            color = colors.setdefault(method.split("/")[0], f"C{len(colors) % 10}")
+            color = colors[method.split("/")[0]]
             marker = "x" if method.endswith("/constant") else "o"
             ax.scatter(run["nll_test"], run["nll_oracle"], color=color, marker=marker, s=30,
                        label=method if seed == next(iter(o["seeds"])) else None)  # fmt: skip
@@ -213,16 +220,16 @@ def _frontier_panel(ax, result: dict) -> None:
 def _time_panel(ax, result: dict) -> None:
     o = result["oracle"]
     seed, s = next(iter(o["seeds"].items()))
-    colors: dict[str, str] = {}
+    colors = _colors(o)
     for method, run in s["runs"].items():
         curve = run.get("time_curve")
-        if curve:
-            color = colors.setdefault(method.split("/")[0], f"C{len(colors) + 1}")
+        if curve and method != "mle":  # MLE: its whole run, below
+            color = colors[method.split("/")[0]]
             ax.plot([p["train_s"] for p in curve], [p["nll_oracle"] for p in curve], color=color,
                     marker=".", label=method, ls="--" if method.endswith("/constant") else "-")  # fmt: skip
     mle = s["mle_run"]["history"]
-    ax.plot([h["train_s"] for h in mle], [h["nll_oracle"] for h in mle], color="C0", marker=".",
-            label="mle")  # fmt: skip
+    ax.plot([h["train_s"] for h in mle], [h["nll_oracle"] for h in mle],
+            color=colors.get("mle", "C0"), marker=".", label="mle")  # fmt: skip
     if o["source"] == "seqgan":
         ax.axhline(SEQGAN_GOAL, color="grey", ls=":", lw=1)
     ax.set(xlabel="training seconds from scratch", ylabel="NLL_oracle (evaluation samples)",
