@@ -86,7 +86,7 @@ def make_checkpoint(work: Path, s: Sizes) -> str:
     """A few MLE steps of G on a random oracle's samples, saved as a real checkpoint."""
     from raygan.data.prepare import prepare_oracle
     from raygan.run.checkpoint import copy_checkpoint
-    from raygan.run.loop import WorkerContext, train_loop
+    from raygan.run.loop import RunSpec, WorkerContext, train_loop
     from raygan.run.train import resolve_config
 
     data = work / "data"
@@ -98,16 +98,19 @@ def make_checkpoint(work: Path, s: Sizes) -> str:
     config = resolve_config(str(data), overrides)
     saved = []
     ctx = WorkerContext(report=lambda m, d: saved.append(copy_checkpoint(d, work / "ckpt")))
-    train_loop({"config": config.to_dict(), "data_dir": str(data), "run_dir": None}, ctx)
+    train_loop(RunSpec(config=config, data_dir=str(data), run_dir=None), ctx)
     return str(saved[-1])
 
 
 # -- the load generator ---------------------------------------------------------------------------
 async def load(
-    url: str, *, concurrency: int, requests: int, seconds: float, max_tokens: int, seed0: int = 0
+    url: str, *, concurrency: int, requests: int, seconds: float, max_tokens: int, seed0: int = 0,
+    wait_retry_after: bool = False,
 ) -> dict:
     """`concurrency` clients send requests back to back until `requests` were sent or `seconds`
-    passed; returns throughput, latency percentiles, batch sizes and every non-200 outcome."""
+    passed (a client refused with 503 and Retry-After waits that long first if
+    `wait_retry_after`); returns throughput, latency percentiles, batch sizes and every non-200
+    outcome."""
     import aiohttp
 
     latencies, batch_sizes, failures, rejected = [], [], {}, []
@@ -128,8 +131,11 @@ async def load(
                     async with session.post(url + "/generate", json=body) as response:
                         status = response.status
                         payload = await response.json() if status == 200 else None
-                        if status == 503 and "Retry-After" in response.headers:
+                        retry_after = response.headers.get("Retry-After")
+                        if status == 503 and retry_after is not None:
                             rejected.append(time.perf_counter() - t0)
+                            if wait_retry_after:
+                                await asyncio.sleep(float(retry_after))
                 except Exception as exc:  # a dropped connection is a failed request too
                     status, payload = type(exc).__name__, None
                 if status == 200:
@@ -204,13 +210,11 @@ def echo_app():
 
 # -- Serve ----------------------------------------------------------------------------------------
 def deploy(name: str, checkpoint: str, *, replicas: int, max_batch_size: int) -> dict:
-    from ray import serve
-
-    from raygan.serve.app import build_app
+    from raygan.serve.app import build_app, run_app
 
     # num_cpus 0.5: two apps and a replacement replica fit the 2 logical CPUs
     app = build_app(checkpoint, replicas=replicas, num_cpus=0.5, max_batch_size=max_batch_size)
-    serve.run(app, name=name, route_prefix=f"/{name}", logging_config=LOGGING)
+    run_app(app, name=name, route_prefix=f"/{name}", logging_config=LOGGING)
     deployment = app._bound_deployment  # what Serve was given, not raygan's constants again
     return {"max_ongoing_requests": deployment.max_ongoing_requests,
             "max_queued_requests": deployment.max_queued_requests}  # fmt: skip
@@ -373,6 +377,14 @@ def run(s: Sizes, work: Path) -> dict:
                                           seconds=s.overload_seconds, max_tokens=s.max_len))  # fmt: skip
     result["overload"].update(limits, capacity=capacity)
     print("  " + json.dumps({k: result["overload"].get(k) for k in
+                             ("ok", "failures", "rejected", "p99_ms")}))  # fmt: skip
+    print("[6] overload, clients that wait Retry-After", flush=True)
+    result["overload_waiting"] = asyncio.run(load(
+        f"{base}/{OVERLOADED}", concurrency=4 * capacity, requests=s.overload_requests,
+        seconds=s.overload_seconds, max_tokens=s.max_len, seed0=s.overload_requests,
+        wait_retry_after=True))  # fmt: skip
+    result["overload_waiting"].update(limits, capacity=capacity)
+    print("  " + json.dumps({k: result["overload_waiting"].get(k) for k in
                              ("ok", "failures", "rejected", "p99_ms")}))  # fmt: skip
     stop_serve()
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -170,3 +171,73 @@ def test_stats_listeners_keep_every_interface_when_asked(fake_haproxy, environ, 
     assert environ["RAY_SERVE_HAPROXY_RETRY_ON"] == ray_env.RETRY_ON
     with pytest.raises(RayganError, match=f"{ray_env.STATS_HOST_VAR}='a b'"):
         ray_env.wrap_haproxy("a b")
+
+
+BACKENDS = """backend http-raygan
+    default-server inter 1s fall 2 rise 2
+    server r1 127.0.0.1:1 check
+backend http-other
+    default-server inter 1s
+    server r1 127.0.0.1:2 check
+backend http-unlimited
+    default-server inter 1s
+    server r1 127.0.0.1:3 check
+"""
+
+
+def _section(config: str, name: str) -> list[str]:
+    lines = [line.strip() for line in config.splitlines()]
+    start = lines.index(f"backend {name}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("backend ")), len(lines))
+    return lines[start:end]
+
+
+def test_an_application_s_limits_reach_its_backend_once(fake_haproxy, environ, tmp_path):
+    """limit_ingress: a replica gets at most max_ongoing connections from HAProxy (maxconn) and
+    HAProxy answers 503 with Retry-After once max_queued more wait per replica; an application
+    without limits (or with -1) keeps Ray's backend as it was."""
+    assert not ray_env.limit_ingress("raygan", 64, 32, 1)  # no wrapper: nothing to limit
+    wrapper = ray_env.wrap_haproxy("127.0.0.1")
+    environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    assert ray_env.limit_ingress("raygan", 64, 32, 1) and ray_env.limit_ingress("other", 2, 0, 3)
+    assert ray_env.limit_ingress("unlimited", 8, 8, 1)
+    assert not ray_env.limit_ingress("unlimited", 8, -1, 1)  # -1 takes its limits back
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(CONFIG + BACKENDS)
+    _run_wrapper(wrapper, config)
+    out = _run_wrapper(wrapper, config)  # a reload of the edited config adds nothing
+    reply = Path(wrapper).parent / "503-http-raygan.http"
+    raygan = _section(out, "http-raygan")
+    assert raygan[0] == "default-server inter 1s fall 2 rise 2 maxconn 64"
+    assert f"http-request return errorfile {reply} if {{ avg_queue ge 32 }}" in raygan
+    assert f"errorfile 503 {reply}" in raygan and raygan[-1] == "server r1 127.0.0.1:1 check"
+    other = _section(out, "http-other")
+    assert other[0] == "default-server inter 1s maxconn 2"
+    other_reply = reply.with_name("503-http-other.http")
+    assert f"http-request return errorfile {other_reply} if {{ avg_queue ge 1 }}" in other  # >= 1
+    unlimited = _section(out, "http-unlimited")
+    assert unlimited == ["default-server inter 1s", "server r1 127.0.0.1:3 check"]
+    for path, retry_after in ((reply, 1), (other_reply, 3)):
+        head, body = path.read_bytes().decode().split("\r\n\r\n")
+        assert head.split("\r\n")[0] == "HTTP/1.1 503 Service Unavailable"
+        assert f"Retry-After: {retry_after}" in head.split("\r\n")
+        assert f"Content-Length: {len(body)}" in head.split("\r\n")
+        assert "at capacity" in json.loads(body)["detail"]
+
+
+@pytest.mark.skipif(not ray_env.haproxy_available(), reason="needs HAProxy")
+def test_the_limited_config_is_one_haproxy_accepts(environ, tmp_path):
+    import subprocess
+
+    wrapper = ray_env.wrap_haproxy("127.0.0.1")
+    environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    ray_env.limit_ingress("raygan", 64, 32, 1)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "global\n    maxconn 100\ndefaults\n    mode http\n    timeout connect 5s\n"
+        "    timeout client 30s\n    timeout server 30s\n" + CONFIG + "    default_backend http-raygan\n"
+        + BACKENDS
+    )
+    checked = subprocess.run([wrapper, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "maxconn 64" in config.read_text()

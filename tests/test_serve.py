@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -97,6 +98,20 @@ def test_a_checkpoint_uri_stays_a_uri(checkpoints):
     assert model.directory == uri and local.directory == str(Path(checkpoints[0]).resolve())
     request = SampleRequest(num=2, max_tokens=MAX_LEN, seed=0)
     assert sample_batch(model, [request]) == sample_batch(local, [request])
+
+
+def test_bench_serve_makes_a_checkpoint_serve_loads(tmp_path, monkeypatch):
+    """scripts/bench_serve.py trains its own model through the training loop: kept in step with
+    the loop's interface (the benchmark is not run by the suite)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", REPO / "scripts/bench_serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_serve", bench)  # its dataclasses look themselves up
+    spec.loader.exec_module(bench)
+    sizes = dataclasses.replace(bench.Sizes(), vocab=50, max_len=6, g_dim=8)
+    model = load_model(bench.make_checkpoint(tmp_path, sizes))
+    assert model.max_len == 6
 
 
 def test_serve_config_validates_offline():
@@ -520,6 +535,43 @@ def test_a_replica_killed_under_load_fails_no_request(server, checkpoints):
     assert all(status == 200 for status in statuses), [s for s in statuses if s != 200][:5]
     dropped = [o for o in outcomes if not isinstance(o, int)]
     assert len(dropped) <= max(2, len(outcomes) // 100), dropped[:5]
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="needs HAProxy (the limits are HAProxy's)")
+def test_overload_past_the_replica_s_limits_is_shed_by_haproxy(server, checkpoints):
+    """One replica that samples 2 requests at once and queues 2 more, loaded by 24 clients:
+    HAProxy itself answers the excess at once with 503 and Retry-After (raygan.run.ray_env.
+    limit_ingress), and every other request is answered with its samples."""
+    from ray import serve
+
+    from raygan.serve.app import build_app, run_app
+
+    app = build_app(checkpoints[0], replicas=1, num_cpus=0.5, max_batch_size=1,
+                    max_ongoing_requests=2, max_queued_requests=2)  # fmt: skip
+    run_app(app, name="tight", route_prefix="/tight")
+
+    def post(i: int) -> tuple[int, str | None, dict]:
+        request = urllib.request.Request(
+            f"{server}/tight/generate", data=json.dumps({"n": 64, "seed": i}).encode(),
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, None, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get("retry-after"), json.loads(exc.read())
+
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            outcomes = list(pool.map(post, range(240)))
+    finally:
+        serve.delete("tight")
+    statuses = [status for status, *_ in outcomes]
+    shed = [(after, body) for status, after, body in outcomes if status == 503]
+    print(f"{len(shed)} of {len(outcomes)} shed")
+    assert set(statuses) == {200, 503}, sorted(set(statuses))
+    assert all(after == "1" and "at capacity" in body["detail"] for after, body in shed), shed[:3]
+    assert all(len(body["samples"]) == 64 for status, _, body in outcomes if status == 200)
 
 
 def test_shutdown_leaves_no_serve_actors(server):

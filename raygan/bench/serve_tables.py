@@ -46,6 +46,7 @@ def goals(result: dict) -> list[list]:
          f"{kill['failed']} / {kill.get('replaced_s', float('nan')):.1f} s", "0; replaced",
          mark[kill["failed"] == 0 and kill.get("replaced_s") is not None]],
         *overload_goals(result.get("overload")),
+        *waiting_goals(result.get("overload_waiting")),
     ]  # fmt: skip
 
 
@@ -67,6 +68,19 @@ def overload_goals(over: dict | None) -> list[list]:
     ]  # fmt: skip
 
 
+def waiting_goals(over: dict | None) -> list[list]:
+    """The overload cell again with clients that wait the Retry-After they are given."""
+    if over is None:  # a JSON from before this cell
+        return []
+    mark = {True: "yes", False: "**no**"}
+    other = over["failed"] - over.get("rejected", {"count": 0})["count"]
+    return [
+        ["overload, clients that wait Retry-After: p99 latency of the answered / errors other "
+         "than 503", f"{over['p99_ms']:,.0f} ms / {other}", "<= 1,000 ms / 0",
+         mark[(over["p99_ms"] or float("inf")) <= 1000 and other == 0]],
+    ]  # fmt: skip
+
+
 def client_cpu(cell: dict) -> str:
     """The load generator's share of one CPU (the machine has os.cpu_count() of them)."""
     return f"{cell['client_cpu']:.0%}" if "client_cpu" in cell else "—"
@@ -85,6 +99,8 @@ def report_text(result: dict) -> str:
     loaded = [("sustained, 2 replicas", sustained), ("replica killed, 2 replicas", kill)]
     if "overload" in result:
         loaded.append(("overload, 1 replica", result["overload"]))
+    if "overload_waiting" in result:
+        loaded.append(("overload, clients wait Retry-After", result["overload_waiting"]))
     for label, r in loaded:
         rows.append(["haproxy", label, r["concurrency"], r["ok"], f"{r['requests_per_s']:,.1f}",
                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_batch']:.1f}",
@@ -123,7 +139,8 @@ def report_text(result: dict) -> str:
         f"{json.dumps(kill['failures']) if kill['failures'] else 'none'}."
         + (f" Overload: max_ongoing_requests {result['overload']['max_ongoing_requests']} + "
            f"max_queued_requests {result['overload']['max_queued_requests']} per replica; its "
-           f"`failed` are the 503s: {json.dumps(result['overload']['failures'])}."
+           f"`failed` are the 503s: {json.dumps(result['overload']['failures'])}; its clients "
+           "send again at once, except in the row whose clients wait the Retry-After they get."
            if "overload" in result else ""),
         f"Command: `{result['command']}`; total {result['total_s']:.0f} s.",
     ]

@@ -47,14 +47,15 @@ RETRY_ON = "conn-failure empty-response junk-response"
 """What HAProxy retries on another replica (`option redispatch`): Ray's default retries only a
 refused connection; every raygan route is idempotent (a seeded /generate is deterministic), so
 a replica that died with the request in hand (no response, or a cut one) is retried too."""
-_WRAPPER_MARK = "# raygan.run.ray_env: HAProxy with a seed header and its stats listeners rebound"
+_WRAPPER_MARK = "# raygan.run.ray_env: HAProxy with a seed header, limits and its stats listeners rebound"
 # Ray's HAProxy template writes `bind *:STATS_PORT` and `bind :METRICS_PORT`, with no setting for
-# the address, and has no hook for a request rule. Serve starts HAProxy as `BINARY -db -f CONFIG
-# [-sf PIDS ...]` (also on reloads), so a wrapper named by RAY_SERVE_HAPROXY_BINARY_PATH edits
-# CONFIG and execs the real binary under the same pid and arguments: the HTTP frontend gets
-# SEED_HEADER (HAProxy's rand(), the range of sampling.draw_seed), and unless the stats host is
-# `*` those two binds get it. A bind with an address (the frontend's `bind HOST:PORT`) does not
-# match.
+# the address, and has no hook for a request rule or a per-server limit. Serve starts HAProxy as
+# `BINARY -db -f CONFIG [-sf PIDS ...]` (also on reloads), so a wrapper named by
+# RAY_SERVE_HAPROXY_BINARY_PATH edits CONFIG and execs the real binary under the same pid and
+# arguments: the HTTP frontend gets SEED_HEADER (HAProxy's rand(), the range of
+# sampling.draw_seed), an application named in LIMITS_FILE gets its limits (limit_ingress), and
+# unless the stats host is `*` those two binds get it. A bind with an address (the frontend's
+# `bind HOST:PORT`) does not match.
 _WRAPPER = """#!/bin/sh
 {mark}; stats on {host}
 config=
@@ -65,11 +66,30 @@ for arg in "$@"; do
 done
 if [ -n "$config" ] && [ -f "$config" ]; then
 {rebind}    grep -q '{header}' "$config" || sed -i '/^frontend http_frontend/a\\    http-request set-header {header} %[rand(2147483648)] unless {{ req.hdr({header}) -m found }}' "$config"
+    limits="$(dirname "$0")/{limits}"
+    if [ -f "$limits" ] && ! grep -q '{limits_mark}' "$config"; then
+        awk -v limits="$limits" -v home="$(dirname "$0")" '
+            BEGIN {{ while ((getline line < limits) > 0) if (split(line, f, " ") == 3) {{ conn[f[1]] = f[2]; queue[f[1]] = f[3] }} }}
+            /^backend / {{ name = $2 }}
+            /^[[:space:]]*default-server / && (name in conn) {{
+                reply = home "/503-" name ".http"
+                print $0 " maxconn " conn[name]
+                print "    {limits_mark}: " conn[name] " requests per replica, " queue[name] " more queued here per replica"
+                print "    http-request return errorfile " reply " if {{ avg_queue ge " queue[name] " }}"
+                print "    errorfile 503 " reply
+                next
+            }}
+            {{ print }}' "$config" > "$config.raygan" && mv "$config.raygan" "$config"
+    fi
 fi
 exec {binary} "$@"
 """
 _REBIND = """    sed -i 's/^\\([[:space:]]*bind[[:space:]][[:space:]]*\\)[*]\\{{0,1\\}}:/\\1{host}:/' "$config"
 """
+LIMITS_FILE = "limits"
+"""Beside the wrapper: `BACKEND MAX_ONGOING MAX_QUEUED` lines, one per application (limit_ingress)."""
+_LIMITS_MARK = "# raygan.run.ray_env limits"
+_OVERLOAD_BODY = '{"detail": "no replica can take this request now (at capacity, or none up): retry after %d s"}'
 
 
 def ray_environment(*, local: bool = True) -> None:
@@ -120,11 +140,52 @@ def wrap_haproxy(stats_host: str) -> str | None:
     wrapper = Path(home, "haproxy")
     wrapper.write_text(_WRAPPER.format(
         mark=_WRAPPER_MARK, host=stats_host, binary=shlex.quote(binary), header=SEED_HEADER,
-        rebind="" if every else _REBIND.format(host=stats_host),
+        rebind="" if every else _REBIND.format(host=stats_host), limits=LIMITS_FILE,
+        limits_mark=_LIMITS_MARK,
     ))  # fmt: skip
     wrapper.chmod(0o755)
     os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
     return str(wrapper)
+
+
+def limit_ingress(app: str, max_ongoing: int, max_queued: int, retry_after_s: int) -> bool:
+    """Make HAProxy hold application `app`'s load to what its replicas take: at most
+    `max_ongoing` requests on a replica at once (HAProxy's per-server maxconn), at most
+    `max_queued` more per replica waiting in HAProxy's queue (at least one); past that, for a
+    request that waited longer than HAProxy's queue timeout (its connect timeout, 5 s) and while
+    no replica is up, an immediate 503 with Retry-After (Ray's template answers HAProxy's own
+    503 with a 500). The replica's own max_queued_requests counts only requests it has read, and
+    a replica busy sampling reads new connections late: without this, overload waits unseen in
+    its socket backlog (BENCHMARKS.md, serving). Autoscaling still sees the load: a replica
+    holds up to max_ongoing, above the target it scales on.
+
+    Applies from HAProxy's next reload (Serve reloads it whenever the application's replicas
+    change, so call it before `serve.run`). Returns False where there is nothing to limit: no
+    raygan wrapper in use (the Python proxy, a cluster joined by address) or `max_queued` -1
+    (no limit)."""
+    binary = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1" or not _is_wrapper(binary):
+        return False
+    home = Path(binary).parent
+    # Serve's backend name for an HTTP application (HAProxyManager.get_safe_name)
+    backend = re.sub(r"[^A-Za-z0-9._-]+", "_", f"http-{app}".replace("#", "-").replace("/", "."))
+    body = _OVERLOAD_BODY % retry_after_s
+    reply = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+             f"Retry-After: {retry_after_s}\r\nContent-Length: {len(body)}\r\n\r\n{body}")  # fmt: skip
+    _write_atomically(home / f"503-{backend}.http", reply)
+    path = home / LIMITS_FILE
+    lines = [line for line in (path.read_text().splitlines() if path.exists() else [])
+             if line.split(" ", 1)[0] != backend]  # fmt: skip
+    if max_queued >= 0:
+        lines.append(f"{backend} {max(1, max_ongoing)} {max(1, max_queued)}")
+    _write_atomically(path, "".join(f"{line}\n" for line in lines))
+    return max_queued >= 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(text.encode())  # as written: an HTTP reply's CRLFs stay CRLFs
+    os.replace(partial, path)
 
 
 def _is_wrapper(binary: str) -> bool:

@@ -17,8 +17,10 @@ What a dying replica or an overload costs (BENCHMARKS.md, serving):
   first try would have, and the client sees no error. Serve's Python proxy does not retry a
   request whose replica died mid-flight: there the client gets a 500 and may resend.
 - A replica holds max_ongoing_requests and queues `max_queued_requests` more; past that a
-  request it has read is answered at once with 503 and `Retry-After`. Under heavy overload
-  requests also wait unread in the replica's socket backlog, which that limit does not see.
+  request is answered at once with 503 and `Retry-After`. Behind HAProxy the limits are
+  HAProxy's (`run_app`, ray_env.limit_ingress): it opens at most max_ongoing_requests
+  connections to a replica and queues the rest itself, so an overloaded replica does not
+  collect unread requests in its socket backlog, where Serve's own queue limit cannot see them.
 - A body over MAX_BODY_BYTES is refused with 413 before it is parsed.
 
 The only module that calls ray.serve; the sampling itself is raygan.serve.sampling, shared with
@@ -290,16 +292,19 @@ def build_app(
     batch_wait_timeout_s: float = BATCH_WAIT_S,
     torch_threads: int = 1,
     max_queued_requests: int = MAX_QUEUED,
+    max_ongoing_requests: int | None = None,
 ):
-    """The Serve application for `checkpoint`: `replicas` fixed replicas, or autoscaling (None);
-    past `max_queued_requests` waiting requests (-1: no limit) a request gets a 503."""
+    """The Serve application for `checkpoint`: `replicas` fixed replicas, or autoscaling (None).
+    A replica samples up to `max_ongoing_requests` at once (default: two full batches, at least
+    MAX_ONGOING_FLOOR); past `max_queued_requests` more waiting (-1: no limit) a request gets a
+    503. Deploy it with `run_app`, which gives HAProxy the same limits."""
     options: dict[str, Any] = {
         "user_config": {
             "checkpoint": str(checkpoint),
             "max_batch_size": max_batch_size,
             "batch_wait_timeout_s": batch_wait_timeout_s,
         },
-        "max_ongoing_requests": max(MAX_ONGOING_FLOOR, 2 * max_batch_size),
+        "max_ongoing_requests": max_ongoing_requests or max(MAX_ONGOING_FLOOR, 2 * max_batch_size),
         "max_queued_requests": max_queued_requests,
         "ray_actor_options": {"num_cpus": num_cpus},
     }
@@ -372,8 +377,20 @@ def start_server(
         model.directory, replicas=replicas, num_cpus=num_cpus, max_batch_size=max_batch_size,
         batch_wait_timeout_s=batch_wait_timeout_s, max_queued_requests=max_queued_requests,
     )  # fmt: skip
-    serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
+    run_app(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
     return f"http://{host}:{port}"
+
+
+def run_app(app, *, name: str, route_prefix: str, logging_config: dict | None = None) -> None:
+    """`serve.run` for an application of `build_app`, with its limits given to HAProxy first
+    (raygan.run.ray_env.limit_ingress: the replica's own queue limit counts only requests it has
+    read, so under overload HAProxy must hold the rest)."""
+    from raygan.run.ray_env import limit_ingress
+
+    deployment = app._bound_deployment  # what Serve is given, not this module's constants again
+    limit_ingress(name, deployment.max_ongoing_requests, deployment.max_queued_requests,
+                  RETRY_AFTER_S)  # fmt: skip
+    serve.run(app, name=name, route_prefix=route_prefix, logging_config=logging_config)
 
 
 def shutdown_server() -> None:
