@@ -163,6 +163,8 @@ def limit_ingress(app: str, max_ongoing: int, max_queued: int, retry_after_s: in
     change, so call it before `serve.run`). Returns False where there is nothing to limit: no
     raygan wrapper in use (the Python proxy, a cluster joined by address) or `max_queued` -1
     (no limit)."""
+    from raygan.data.storage import write_bytes  # readers see the old file or the new one
+
     binary = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1" or not _is_wrapper(binary):
         return False
@@ -172,20 +174,14 @@ def limit_ingress(app: str, max_ongoing: int, max_queued: int, retry_after_s: in
     body = _OVERLOAD_BODY % retry_after_s
     reply = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
              f"Retry-After: {retry_after_s}\r\nContent-Length: {len(body)}\r\n\r\n{body}")  # fmt: skip
-    _write_atomically(home / f"503-{backend}.http", reply)
+    write_bytes(home / f"503-{backend}.http", reply.encode())  # bytes: its CRLFs stay CRLFs
     path = home / LIMITS_FILE
     lines = [line for line in (path.read_text().splitlines() if path.exists() else [])
              if line.split(" ", 1)[0] != backend]  # fmt: skip
     if max_queued >= 0:
         lines.append(f"{backend} {max(1, max_ongoing)} {max(1, max_queued)}")
-    _write_atomically(path, "".join(f"{line}\n" for line in lines))
+    write_bytes(path, "".join(f"{line}\n" for line in lines).encode())
     return max_queued >= 0
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(text.encode())  # as written: an HTTP reply's CRLFs stay CRLFs
-    os.replace(partial, path)
 
 
 def _is_wrapper(binary: str) -> bool:
