@@ -31,6 +31,7 @@ so an interrupted benchmark continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -308,7 +309,9 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
 
     def score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
         key = (f"text {checkpoint} T={temperature:g} n={plan.text_hypotheses} "
-               f"self={plan.text_self_bleu} full={full} fed={fed_model}")  # fmt: skip
+               f"self={plan.text_self_bleu} full={full}")  # fmt: skip
+        if full:  # only a full score has FED: a sweep point does not depend on the model
+            key += f" fed={fed_model}"
         return cache.get(key, lambda: _score(checkpoint, temperature, full))
 
     def _score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
@@ -435,20 +438,30 @@ def fed_model_path(model: str | None) -> tuple[str | None, str]:
 def fed(texts: list[str], references: list[str], model: str) -> float | None:
     """Fréchet Embedding Distance (de Masson d'Autume et al., 2019) between sentence embeddings
     of `texts` and `references`; None when the model cannot be loaded offline."""
-    import os
+    from raygan.core.metrics import frechet_distance
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from sentence_transformers import SentenceTransformer
-
-        encoder = SentenceTransformer(model, local_files_only=True, device="cpu")
+        encoder = _encoder(model)
     except Exception:  # not installed, or not loadable offline: FED is reported as missing
         return None
     a = encoder.encode(texts, batch_size=256, convert_to_numpy=True)
-    b = encoder.encode(references, batch_size=256, convert_to_numpy=True)
-    from raygan.core.metrics import frechet_distance
+    return frechet_distance(a, _embedded(model, tuple(references)))
 
-    return frechet_distance(a, b)
+
+@functools.lru_cache(maxsize=1)
+def _encoder(model: str):
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model, local_files_only=True, device="cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded(model: str, texts: tuple[str, ...]):
+    """The references' embeddings, computed once for every model scored against them."""
+    return _encoder(model).encode(list(texts), batch_size=256, convert_to_numpy=True)
 
 
 def finite(result: dict[str, Any]) -> bool:
