@@ -26,25 +26,28 @@ def best_batched(result: dict) -> float:
     return 1 / (http_s + result["compute"]["batch_per_request_ms"] / 1e3)
 
 
+MARK = {True: "yes", False: "**no**"}
+"""A goal row's last cell: met or not."""
+
+
 def goals(result: dict) -> list[list]:
     top = max(result["sizes"]["concurrency"])
     on, off = cell_of(result, "on", top), cell_of(result, "off", top)
     ratio = on["requests_per_s"] / off["requests_per_s"]
     best = best_batched(result)
     sustained, kill = result["sustained"], result["kill"]
-    mark = {True: "yes", False: "**no**"}
     return [
-        [f"req/s batching on / off, concurrency {top}", f"{ratio:.1f}x", ">= 10x", mark[ratio >= 10]],
+        [f"req/s batching on / off, concurrency {top}", f"{ratio:.1f}x", ">= 10x", MARK[ratio >= 10]],
         [f"the same, at the estimated ceiling of batched serving here ({best:,.0f} req/s)",
-         f"{best / off['requests_per_s']:.1f}x", ">= 10x", mark[best / off["requests_per_s"] >= 10]],
+         f"{best / off['requests_per_s']:.1f}x", ">= 10x", MARK[best / off["requests_per_s"] >= 10]],
         [f"p99 latency, batching on, concurrency {top}", f"{on['p99_ms']:.0f} ms", "<= 100 ms",
-         mark[on["p99_ms"] <= 100]],
+         MARK[on["p99_ms"] <= 100]],
         ["sustained: requests answered at concurrency 32 (5xx)",
          f"{sustained['ok']:,} ({sustained['server_5xx']})", f">= {result['sizes']['sustained_requests']:,} (0)",
-         mark[sustained["ok"] >= result["sizes"]["sustained_requests"] and sustained["server_5xx"] == 0]],
+         MARK[sustained["ok"] >= result["sizes"]["sustained_requests"] and sustained["server_5xx"] == 0]],
         ["replica killed under load: failed requests / replaced after",
          f"{kill['failed']} / {kill.get('replaced_s', float('nan')):.1f} s", "0; replaced",
-         mark[kill["failed"] == 0 and kill.get("replaced_s") is not None]],
+         MARK[kill["failed"] == 0 and kill.get("replaced_s") is not None]],
         *overload_goals(result.get("overload")),
         *waiting_goals(result.get("overload_waiting")),
     ]  # fmt: skip
@@ -53,31 +56,34 @@ def goals(result: dict) -> list[list]:
 def overload_goals(over: dict | None) -> list[list]:
     if over is None:  # a JSON from before the overload section
         return []
-    mark = {True: "yes", False: "**no**"}
     sent = over["ok"] + over["failed"]
     rejected = over.get("rejected", {"count": 0, "p99_ms": float("nan")})
-    other = over["failed"] - rejected["count"]
+    other = other_errors(over)
     return [
         [f"overload, 4x capacity ({over['concurrency']} clients, 1 replica): answered 503 "
          "with Retry-After / p99 of those", f"{rejected['count'] / sent:.1%} / "
          f"{rejected['p99_ms']:.0f} ms", ">= 50%, faster than the rest",
-         mark[rejected["count"] >= sent / 2 and rejected["p99_ms"] < (over["p99_ms"] or 0)]],
+         MARK[rejected["count"] >= sent / 2 and rejected["p99_ms"] < (over["p99_ms"] or 0)]],
         ["overload: p99 latency of the answered", f"{over['p99_ms']:,.0f} ms", "<= 1,000 ms",
-         mark[(over["p99_ms"] or float("inf")) <= 1000]],
-        ["overload: errors other than 503", f"{other}", "0", mark[other == 0]],
+         MARK[(over["p99_ms"] or float("inf")) <= 1000]],
+        ["overload: errors other than 503", f"{other}", "0", MARK[other == 0]],
     ]  # fmt: skip
+
+
+def other_errors(over: dict) -> int:
+    """An overload cell's failed requests that were not its 503 + Retry-After refusals."""
+    return over["failed"] - over.get("rejected", {"count": 0})["count"]
 
 
 def waiting_goals(over: dict | None) -> list[list]:
     """The overload cell again with clients that wait the Retry-After they are given."""
     if over is None:  # a JSON from before this cell
         return []
-    mark = {True: "yes", False: "**no**"}
-    other = over["failed"] - over.get("rejected", {"count": 0})["count"]
+    other = other_errors(over)
     return [
         ["overload, clients that wait Retry-After: p99 latency of the answered / errors other "
          "than 503", f"{over['p99_ms']:,.0f} ms / {other}", "<= 1,000 ms / 0",
-         mark[(over["p99_ms"] or float("inf")) <= 1000 and other == 0]],
+         MARK[(over["p99_ms"] or float("inf")) <= 1000 and other == 0]],
     ]  # fmt: skip
 
 
