@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from raygan.bench.quality import (
     QualityPlan,
+    _text_summary,
+    _text_versus_control,
     beats,
     fed_model_path,
     finite,
@@ -175,6 +177,39 @@ def test_seed_statistics_and_the_three_sigma_rule():
     assert beats([-0.30, -0.32, -0.31])  # far below 0 for its spread
     assert not beats([-0.30, 0.10, -0.31])  # one seed the other way
     assert not beats([-0.30])  # one seed has no spread to judge by
+
+
+def _text_run(method: str, seed: int, over: float | None, bleu4: float = 0.25) -> dict:
+    scores = {f"{k}{n}": bleu4 for k in ("bleu", "self_bleu") for n in (2, 3, 4, 5)}
+    return {"method": method, "seed": seed, **scores, "nll_test": 4.5, "fed": 0.4,
+            "bleu4_over_curve": over, "d_accuracy": {"key": "acc"}}  # fmt: skip
+
+
+def test_text_recipes_against_their_controls_over_seeds():
+    # BLEU-4 over MLE's curve is better when higher: D helped where recipe minus control > 0
+    overs = {"seqgan": [-0.004, -0.027, -0.010], "seqgan/constant": [-0.170, -0.190, -0.150],
+             "ratio": [0.011, -0.020, 0.004], "ratio/constant": [0.001, 0.002, None]}  # fmt: skip
+    runs = [_text_run(m, seed, over[seed]) for m, over in overs.items() for seed in range(3)]
+    seqgan = _text_versus_control(runs, "seqgan")
+    assert seqgan["differences"] == pytest.approx([0.166, 0.163, 0.140])
+    assert seqgan["adversarial"] and seqgan["n"] == 3
+    ratio = _text_versus_control(runs, "ratio")  # a seed whose control is off the curve: left out
+    assert ratio["differences"] == pytest.approx([0.010, -0.022]) and not ratio["adversarial"]
+    summary = _text_summary(runs)
+    assert list(summary) == list(overs)
+    assert summary["seqgan"]["bleu4_over_curve"]["mean"] == pytest.approx(np.mean(overs["seqgan"]))
+    assert summary["ratio/constant"]["bleu4_over_curve"]["n"] == 2
+    # rendered: one row per seed, the means, and the per-seed differences with the verdict
+    text = {"corpus": "c", "vocab_size": 9, "max_len": 5, "num_references": 10,
+            "num_hypotheses": 10, "self_bleu_sentences": 10, "mle_best_epoch": 3,
+            "mle_best_epochs": [3, 4, 3], "mle_epochs": 5, "fed_note": "n", "runs": runs,
+            "sweeps": {"mle": [{"temperature": 1.0, "bleu4": 0.25, "self_bleu4": 0.25}]},
+            "not_dominated": ["ratio (seed 0)"], "summary": summary,
+            "comparisons": {"seqgan": seqgan, "ratio": ratio}}  # fmt: skip
+    section = markdown({"plan": {"train_overrides": {}}, "text": text})
+    assert "MLE: epochs 3, 4, 3 of 5" in section and "| seqgan (ours, seed 2) |" in section
+    assert "| seqgan | +0.1660, +0.1630, +0.1400 | 0.1563 ± 0.0142 | yes |" in section
+    assert "| ratio | +0.0100, -0.0220 | -0.0060 ± 0.0226 | no |" in section
 
 
 def test_time_curve_joins_the_mle_run_and_the_recipe_in_training_seconds():

@@ -59,6 +59,11 @@ MLE_KEYS = ("seed", "batch_size", "mle_lr", "adam_beta1", "grad_clip", "g_embed_
             "g_hidden_dim", "g_layers", "z_dim", "g_init_std", "rng_streams")  # fmt: skip
 
 
+def control_name(recipe: str) -> str:
+    """A recipe's constant control: its keys with estimator=constant."""
+    return f"{recipe}/constant"
+
+
 @dataclasses.dataclass
 class QualityPlan:
     out: str
@@ -303,18 +308,17 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     refs = bleu_tokens(test_NT, test_len_N, eos)
     reference = BleuReference(refs, max_n=max(BLEU_ORDERS))
     references_text = [codec.decode(r) for r in refs]
-    seed = plan.seeds[0]
     fed_model, fed_note = fed_model_path(plan.fed_model)
     cache = ScoreCache(out / "scores.json")
 
-    def score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
+    def score(checkpoint: str, temperature: float, full: bool, seed: int) -> dict[str, Any]:
         key = (f"text {checkpoint} T={temperature:g} n={plan.text_hypotheses} "
                f"self={plan.text_self_bleu} full={full}")  # fmt: skip
         if full:  # only a full score has FED: a sweep point does not depend on the model
             key += f" fed={fed_model}"
-        return cache.get(key, lambda: _score(checkpoint, temperature, full))
+        return cache.get(key, lambda: _score(checkpoint, temperature, full, seed))
 
-    def _score(checkpoint: str, temperature: float, full: bool) -> dict[str, Any]:
+    def _score(checkpoint: str, temperature: float, full: bool, seed: int) -> dict[str, Any]:
         gen, _, _ = load_generator(checkpoint)
         samples = sample_tokens(gen, plan.text_hypotheses, seed=seed + 11, temperature=temperature)
         hyps = bleu_tokens(samples.tokens_BT, samples.lengths_B, eos)
@@ -334,53 +338,97 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
 
     batch = apply_overrides(Config(), plan.train_overrides).schedule.batch_size
     steps_per_epoch = manifest["splits"]["train"]["rows"] // batch
-    mle = train(plan, data_dir, f"text_mle_s{seed}",
-                mle_run_settings(plan, seed, steps_per_epoch, plan.text_mle_epochs), log)  # fmt: skip
-    best = best_checkpoint(mle)
-    runs = [{"method": "mle", "seed": seed, "step": best["step"], "wall_s": mle["wall_s"],
-             "checkpoint": best["path"], **score(best["path"], 1.0, True)}]  # fmt: skip
-    sweeps = {"mle": _sweep(score, best["path"], plan.text_temperatures, runs[0])}
-    curve = frontier_points(sweeps["mle"], "self_bleu4", "bleu4", -1.0)
-    for recipe in plan.text_recipes:
-        settings = {"recipe": recipe, **plan.recipe_overrides.get(recipe, {}), "seed": seed,
-                    "mle_steps": 0, "init_from": best["path"]}  # fmt: skip
-        arms = [(recipe, settings)]
-        if plan.controls:  # the same update with a constant reward, D ignored
-            arms.append((f"{recipe}/constant",
-                         {**settings, "estimator": "constant", "d_pretrain_steps": 0}))  # fmt: skip
-        for name, arm in arms:
-            gan = train(plan, data_dir, f"text_{name.replace('/', '-')}_s{seed}", arm, log)
-            run = {"method": name, "seed": seed, "wall_s": gan["wall_s"],
-                   "train_s": gan["train_s"], "checkpoint": gan["checkpoint"],
-                   **score(gan["checkpoint"], 1.0, True),
-                   "d_accuracy": d_accuracy(gan["history"], gan["settings"])}  # fmt: skip
-            # BLEU-4 above MLE's curve at the run's Self-BLEU-4 (positive: better than any T)
-            gap = -frontier_distance(curve, (run["self_bleu4"], -run["bleu4"]))
-            run["bleu4_over_curve"] = finite_or_none(gap)
-            runs.append(run)
-            if name == recipe:
-                sweeps[recipe] = _sweep(score, gan["checkpoint"], plan.text_temperatures, run)
-    for run in runs:
-        log(f"text {run['method']}: BLEU-4 {run['bleu4']:.3f} Self-BLEU-4 {run['self_bleu4']:.3f}")
-    not_dominated = [
-        r["method"] for r in runs[1:]
-        if not dominated(frontier_points([r], "self_bleu4", "bleu4", -1.0), pareto_front(curve))
-    ]  # fmt: skip
+    runs: list[dict[str, Any]] = []
+    sweeps: dict[str, list[dict]] = {}
+    epochs = []
+    for seed in plan.seeds:
+        # every seed's MLE sweep (its own curve); the recipes' sweeps on the first seed only
+        tag = "" if seed == plan.seeds[0] else f" (seed {seed})"
+        mle = train(plan, data_dir, f"text_mle_s{seed}",
+                    mle_run_settings(plan, seed, steps_per_epoch, plan.text_mle_epochs), log)  # fmt: skip
+        best = best_checkpoint(mle)
+        epochs.append(best["step"] // steps_per_epoch)
+        seed_runs = [{"method": "mle", "seed": seed, "step": best["step"], "wall_s": mle["wall_s"],
+                      "checkpoint": best["path"], **score(best["path"], 1.0, True, seed)}]  # fmt: skip
+        sweeps[f"mle{tag}"] = _sweep(functools.partial(score, seed=seed), best["path"],
+                                     plan.text_temperatures, seed_runs[0])  # fmt: skip
+        curve = frontier_points(sweeps[f"mle{tag}"], "self_bleu4", "bleu4", -1.0)
+        for recipe in plan.text_recipes:
+            settings = {"recipe": recipe, **plan.recipe_overrides.get(recipe, {}), "seed": seed,
+                        "mle_steps": 0, "init_from": best["path"]}  # fmt: skip
+            arms = [(recipe, settings)]
+            if plan.controls:  # the same update with a constant reward, D ignored
+                arms.append((control_name(recipe),
+                             {**settings, "estimator": "constant", "d_pretrain_steps": 0}))  # fmt: skip
+            for name, arm in arms:
+                gan = train(plan, data_dir, f"text_{name.replace('/', '-')}_s{seed}", arm, log)
+                run = {"method": name, "seed": seed, "wall_s": gan["wall_s"],
+                       "train_s": gan["train_s"], "checkpoint": gan["checkpoint"],
+                       **score(gan["checkpoint"], 1.0, True, seed),
+                       "d_accuracy": d_accuracy(gan["history"], gan["settings"])}  # fmt: skip
+                # BLEU-4 above MLE's curve at the run's Self-BLEU-4 (positive: better than any T)
+                gap = -frontier_distance(curve, (run["self_bleu4"], -run["bleu4"]))
+                run["bleu4_over_curve"] = finite_or_none(gap)
+                run["dominated"] = dominated(frontier_points([run], "self_bleu4", "bleu4", -1.0),
+                                             pareto_front(curve))  # fmt: skip
+                seed_runs.append(run)
+                if name == recipe and not tag:
+                    sweeps[recipe] = _sweep(functools.partial(score, seed=seed),
+                                            gan["checkpoint"], plan.text_temperatures, run)  # fmt: skip
+        for run in seed_runs:
+            log(f"text {run['method']}, seed {seed}: BLEU-4 {run['bleu4']:.3f} "
+                f"Self-BLEU-4 {run['self_bleu4']:.3f}")  # fmt: skip
+        runs += seed_runs
+    several = len(plan.seeds) > 1
+    not_dominated = [r["method"] + (f" (seed {r['seed']})" if several else "")
+                     for r in runs if r["method"] != "mle" and not r["dominated"]]  # fmt: skip
     name = Path(plan.text_train).name
-    return {
+    result = {
         "corpus": "COCO captions" if name == "image_coco.txt" else name,
         "vocab_size": manifest["vocab_size"],
         "max_len": manifest["max_len"],
         "num_references": len(refs),
         "num_hypotheses": plan.text_hypotheses,
         "self_bleu_sentences": min(plan.text_self_bleu, plan.text_hypotheses),
-        "mle_best_epoch": best["step"] // steps_per_epoch,
+        "mle_best_epoch": epochs[0],
+        "mle_best_epochs": epochs,
         "mle_epochs": plan.text_mle_epochs,
         "fed_note": fed_note,
         "runs": runs,
         "sweeps": sweeps,
         "not_dominated": not_dominated,
     }
+    if several:
+        result["summary"] = _text_summary(runs)
+        if plan.controls:
+            result["comparisons"] = {r: _text_versus_control(runs, r) for r in plan.text_recipes}
+    return result
+
+
+TEXT_SUMMARY_KEYS = ("bleu4", "self_bleu4", "nll_test", "fed", "bleu4_over_curve")
+
+
+def _text_summary(runs: list[dict]) -> dict[str, dict]:
+    """Per method, the mean and standard deviation over seeds of the T=1 scores."""
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        out[method] = {k: mean_std([r.get(k) for r in mine]) for k in TEXT_SUMMARY_KEYS}
+        out[method]["d_adversarial_mean"] = mean_std(
+            [r.get("d_accuracy", {}).get("adversarial_mean") for r in mine])  # fmt: skip
+    return out
+
+
+def _text_versus_control(runs: list[dict], recipe: str) -> dict[str, Any]:
+    """Per seed: the recipe's BLEU-4 over MLE's curve minus its control's (positive: D helped);
+    adversarial where the mean is above 0 by more than 3 standard deviations."""
+    over = {(r["method"], r["seed"]): r["bleu4_over_curve"] for r in runs}
+    diffs = []
+    for (method, seed), mine in over.items():
+        theirs = over.get((control_name(recipe), seed))
+        if method == recipe and mine is not None and theirs is not None:
+            diffs.append(mine - theirs)
+    return {"differences": diffs, **mean_std(diffs), "adversarial": beats([-d for d in diffs])}
 
 
 def _sweep(score, checkpoint: str, temperatures, at_one: dict) -> list[dict]:

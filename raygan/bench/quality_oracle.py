@@ -17,6 +17,7 @@ from raygan.bench.quality import (
     _sweep,
     beats,
     best_checkpoint,
+    control_name,
     d_accuracy,
     finite_or_none,
     mean_std,
@@ -26,12 +27,6 @@ from raygan.bench.quality import (
 )
 from raygan.core.errors import RayganError
 from raygan.core.frontier import frontier_distance, pareto_front
-
-CONTROL = "constant"
-
-
-def control_name(recipe: str) -> str:
-    return f"{recipe}/{CONTROL}"
 
 
 def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:

@@ -137,10 +137,18 @@ def _goal_seconds(summary: dict) -> str:
 def _text_markdown(t: dict, plan: dict) -> list[str]:
     from raygan.bench.markdown import markdown_table
 
+    seeds = list(dict.fromkeys(r["seed"] for r in t["runs"]))
+    epochs = t.get("mle_best_epochs", [t["mle_best_epoch"]])
+    if len(seeds) > 1:
+        mle = (f"Seeds {', '.join(map(str, seeds))}; MLE: epochs {', '.join(map(str, epochs))} "
+               f"of {t['mle_epochs']}, each seed's best held-out NLL; each recipe starts from its "
+               f"seed's, and is measured against that seed's curve")  # fmt: skip
+    else:
+        mle = (f"MLE: epoch {epochs[0]} of {t['mle_epochs']}, the best held-out NLL; each recipe "
+               f"starts from it")  # fmt: skip
     lines = [
         f"**Text** ({t['corpus']}; word tokens, vocab {t['vocab_size']:,}, max length "
-        f"{t['max_len']}). MLE: epoch {t['mle_best_epoch']} of {t['mle_epochs']}, the best held-out "
-        f"NLL; each recipe starts from it. BLEU of {t['num_hypotheses']:,} samples at T=1 against "
+        f"{t['max_len']}). {mle}. BLEU of {t['num_hypotheses']:,} samples at T=1 against "
         f"the {t['num_references']:,} test captions; Self-BLEU among the first "
         f"{t['self_bleu_sentences']:,}. FED: {t['fed_note']}.",
         "",
@@ -151,8 +159,9 @@ def _text_markdown(t: dict, plan: dict) -> list[str]:
     rows = []
     for r in t["runs"]:
         d = r.get("d_accuracy", {})
+        label = f"{r['method']} (ours, seed {r['seed']})" if len(seeds) > 1 else f"{r['method']} (ours)"
         rows.append([
-            f"{r['method']} (ours)", *(r[f"bleu{n}"] for n in BLEU_ORDERS),
+            label, *(r[f"bleu{n}"] for n in BLEU_ORDERS),
             *(r[f"self_bleu{n}"] for n in BLEU_ORDERS), r["nll_test"],
             "—" if r.get("fed") is None else f"{r['fed']:.4f}",
             "—" if r.get("bleu4_over_curve") is None else f"{r['bleu4_over_curve']:+.4f}",
@@ -161,6 +170,8 @@ def _text_markdown(t: dict, plan: dict) -> list[str]:
     for name, scores in PUBLISHED_COCO.items():
         rows.append([f"{name} (published)", *scores, *["—"] * 8])
     lines += [markdown_table(header, rows), ""]
+    if "summary" in t:
+        lines += _text_seed_tables(t)
     temps = [p["temperature"] for p in next(iter(t["sweeps"].values()))]
     rows = [[m] + [f"{p['bleu4']:.3f} / {p['self_bleu4']:.3f}" for p in pts]
             for m, pts in t["sweeps"].items()]  # fmt: skip
@@ -168,6 +179,27 @@ def _text_markdown(t: dict, plan: dict) -> list[str]:
     lines += ["Temperature sweep (BLEU-4 / Self-BLEU-4):", "",
               markdown_table(["model"] + [f"T={x:g}" for x in temps], rows), "",
               f"Recipes whose T=1 point MLE's curve does not dominate: {not_dominated}.", ""]  # fmt: skip
+    return lines
+
+
+def _text_seed_tables(t: dict) -> list[str]:
+    """Over seeds: each method's mean ± std, then each recipe against its constant control."""
+    from raygan.bench.markdown import markdown_table
+
+    rows = [[m, s["bleu4"]["n"], _pm(s["bleu4"]), _pm(s["self_bleu4"]), _pm(s["nll_test"]),
+             _pm(s["fed"], 4), _pm(s["bleu4_over_curve"], 4), _pm(s["d_adversarial_mean"], 2)]
+            for m, s in t["summary"].items()]  # fmt: skip
+    lines = ["Over seeds (mean ± std):", "",
+             markdown_table(["model", "seeds", "BLEU-4", "Self-BLEU-4", "NLL_test", "FED",
+                             "BLEU-4 over MLE's curve", "D acc adversarial"], rows), ""]  # fmt: skip
+    if t.get("comparisons"):
+        rows = [[r, ", ".join(f"{d:+.4f}" for d in c["differences"]),
+                 _pm(c, 4) if c["n"] else "—", _yes(c["adversarial"])]
+                for r, c in t["comparisons"].items()]  # fmt: skip
+        lines += ["Each recipe against its constant control (BLEU-4 over MLE's curve, recipe "
+                  "minus control, per seed; adversarial = above 0 by more than 3 standard "
+                  "deviations of the differences):", "",
+                  markdown_table(["recipe", "per seed", "mean ± std", "adversarial"], rows), ""]  # fmt: skip
     return lines
 
 
