@@ -190,13 +190,16 @@ def test_text_recipes_against_their_controls_over_seeds():
     overs = {"seqgan": [-0.004, -0.027, -0.010], "seqgan/constant": [-0.170, -0.190, -0.150],
              "ratio": [0.011, -0.020, 0.004], "ratio/constant": [0.001, 0.002, None]}  # fmt: skip
     runs = [_text_run(m, seed, over[seed]) for m, over in overs.items() for seed in range(3)]
+    runs += [{**_text_run("mle", seed, None), "d_accuracy": {}} for seed in range(3)]
+    for run in runs[-3:]:
+        del run["bleu4_over_curve"]  # MLE is the curve: no distance to it
     seqgan = _text_versus_control(runs, "seqgan")
     assert seqgan["differences"] == pytest.approx([0.166, 0.163, 0.140])
     assert seqgan["adversarial"] and seqgan["n"] == 3
     ratio = _text_versus_control(runs, "ratio")  # a seed whose control is off the curve: left out
     assert ratio["differences"] == pytest.approx([0.010, -0.022]) and not ratio["adversarial"]
     summary = _text_summary(runs)
-    assert list(summary) == list(overs)
+    assert list(summary) == [*overs, "mle"]
     assert summary["seqgan"]["bleu4_over_curve"]["mean"] == pytest.approx(np.mean(overs["seqgan"]))
     assert summary["ratio/constant"]["bleu4_over_curve"]["n"] == 2
     # rendered: one row per seed, the means, and the per-seed differences with the verdict

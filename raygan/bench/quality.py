@@ -20,9 +20,12 @@ Oracle (SeqGAN's, or a seeded random one), for every seed:
 A recipe's change counts as adversarial where its distance beats its control's by more than 3
 standard deviations of their per-seed differences. Final iterates only; nothing is best-of-run.
 
-Text (COCO captions): MLE with a checkpoint per epoch, the one with the best held-out NLL swept
-over temperatures in (Self-BLEU-4, BLEU-4); each text recipe from that checkpoint; BLEU-2..5,
-Self-BLEU-2..5, NLL_test and FED (sentence embeddings from an offline model) at T=1.
+Text (COCO captions), for every seed: MLE with a checkpoint per epoch, the one with the best
+held-out NLL swept over temperatures in (Self-BLEU-4, BLEU-4) (that seed's curve); each text
+recipe and its control from that checkpoint; BLEU-2..5, Self-BLEU-2..5, NLL_test and FED
+(sentence embeddings from an offline model) at T=1, and BLEU-4 over the seed's curve. Over
+seeds, a recipe's change counts as adversarial where its BLEU-4 over the curve beats its
+control's by more than 3 standard deviations of the per-seed differences.
 
 Runs live under OUT/runs/NAME; a run already finished is reused and an unfinished one resumes,
 so an interrupted benchmark continues where it stopped.
@@ -422,7 +425,7 @@ def _text_summary(runs: list[dict]) -> dict[str, dict]:
 def _text_versus_control(runs: list[dict], recipe: str) -> dict[str, Any]:
     """Per seed: the recipe's BLEU-4 over MLE's curve minus its control's (positive: D helped);
     adversarial where the mean is above 0 by more than 3 standard deviations."""
-    over = {(r["method"], r["seed"]): r["bleu4_over_curve"] for r in runs}
+    over = {(r["method"], r["seed"]): r.get("bleu4_over_curve") for r in runs}
     diffs = []
     for (method, seed), mine in over.items():
         theirs = over.get((control_name(recipe), seed))

@@ -270,12 +270,24 @@ def _time_panel(ax, result: dict) -> None:
 
 
 def _text_panel(ax, result: dict) -> None:
+    colors = {}
     for method, points in result["text"]["sweeps"].items():
         xs, ys = [p["self_bleu4"] for p in points], [p["bleu4"] for p in points]
-        ax.plot(xs, ys, marker="o", label=method)
+        (line,) = ax.plot(xs, ys, marker="o", label=method)
+        colors[method] = line.get_color()
         for p, x, y in zip(points, xs, ys, strict=True):
             ax.annotate(f"{p['temperature']:g}", (x, y), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)  # fmt: skip
+    labelled = set()
+    for run in result["text"]["runs"]:  # every seed's T=1 point; a control as a cross
+        if run["method"] == "mle":
+            continue
+        label = f"{run['method']} at T=1, every seed"
+        ax.scatter(run["self_bleu4"], run["bleu4"], s=45, zorder=3,
+                   marker="x" if run["method"].endswith("/constant") else "s",
+                   color=colors.get(run["method"].split("/")[0], "black"),
+                   label=None if label in labelled else label)  # fmt: skip
+        labelled.add(label)
     ax.set(xlabel="Self-BLEU-4 (lower: more diverse)", ylabel="BLEU-4 (higher: closer to test)",
            title="Text: quality vs diversity over temperature")  # fmt: skip
-    ax.legend()
+    ax.legend(fontsize=7)
