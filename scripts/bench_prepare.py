@@ -19,12 +19,16 @@ Scaling (`--scaling-mb`): one corpus prepared per tokenizer kind by one process,
 `--workers 1` and `--workers 2` on a Ray cluster of two 1-CPU nodes (ray.cluster_utils.Cluster,
 started before the clock), with the tokenizer's own encode_batch rate beside them (MB/s per
 core: the work one core does, so a process that uses more than one core is rated per core used).
+Then Ray's own ceiling on the same two nodes: as many tasks as the corpus has pieces, each a
+fixed share of the word cell's 1-worker time spent computing in pure Python (no I/O), through
+prepare's task runner on 1 and 2 workers: what 2 workers can gain over 1 on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,17 +121,10 @@ def child_prepare(corpus: str, out: str) -> dict:
 def child_prepare_ray(corpus: str, out: str, kind: str, workers: str, piece_mb: str) -> dict:
     """prepare_text on a fresh cluster of two 1-CPU nodes (workers 0: one process, no Ray)."""
     import ray
-    from ray.cluster_utils import Cluster
 
     from raygan.data.prepare import prepare_text
-    from raygan.run.ray_env import ray_environment
 
-    cluster = None
-    if int(workers):
-        ray_environment(local=False)
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    cluster = start_two_nodes() if int(workers) else None
     cpu_started, started = time.process_time(), time.perf_counter()
     summary = prepare_text([corpus], out, tokenizer=kind, max_len=64, test_fraction=0.05,
                            progress=False, workers=int(workers) or None,
@@ -140,6 +138,52 @@ def child_prepare_ray(corpus: str, out: str, kind: str, workers: str, piece_mb: 
     return {"kind": kind, "workers": int(workers), "seconds": round(seconds, 2),
             "mb_per_s": round(megabytes / seconds, 2), "driver_cpu_s": round(driver_cpu_s, 2),
             "kept": summary.splits["train"].kept + summary.splits["test"].kept}  # fmt: skip
+
+
+def start_two_nodes():
+    """A fresh Ray cluster of two 1-CPU nodes, the driver connected to it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raygan.run.ray_env import ray_environment
+
+    ray_environment(local=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    return cluster
+
+
+@dataclass(frozen=True)
+class BurnTask:
+    index: int
+    size: int = 1
+
+
+def burn(task: BurnTask, *, seconds: float, target=None, opt=None) -> dict:
+    """`seconds` of this process's CPU time in pure Python: a task of fixed work, no I/O."""
+    end, spins = time.process_time() + seconds, 0
+    while time.process_time() < end:
+        spins += 1
+    return {"spins": spins}
+
+
+def child_ray_ceiling(tasks: str, task_s: str, workers: str) -> dict:
+    """Ray's own ceiling here: `tasks` tasks of `task_s` CPU-seconds each through prepare's task
+    runner (raygan.data.distributed._run_tasks), on the same two 1-CPU nodes as prepare."""
+    import ray
+
+    from raygan.data.distributed import _run_tasks
+
+    cluster = start_two_nodes()
+    started = time.perf_counter()
+    pieces = [BurnTask(i) for i in range(int(tasks))]
+    _run_tasks(pieces, burn, int(workers), "burn", False, seconds=float(task_s))
+    seconds = time.perf_counter() - started
+    ray.shutdown()
+    cluster.shutdown()
+    return {"tasks": int(tasks), "task_s": float(task_s), "workers": int(workers),
+            "seconds": round(seconds, 2)}  # fmt: skip
 
 
 def child_tokenize(corpus: str, kind: str) -> dict:
@@ -281,6 +325,15 @@ def scaling_table(scaling: dict) -> str:
             f"| {w1['mb_per_s']:.2f} | {w2['mb_per_s']:.2f} ({w2['mb_per_s'] / 2:.2f} per core) "
             f"| {w2['mb_per_s'] / w1['mb_per_s']:.2f}x |"
         )
+    if ceiling := scaling.get("ceiling"):
+        one, two = ceiling["1"], ceiling["2"]
+        rows += ["", (
+            f"Ray's own ceiling on these two nodes: {one['tasks']} tasks of {one['task_s']:.2f} "
+            f"CPU-seconds each (pure Python, no I/O: the word cell's 1-worker time in equal "
+            f"shares, one per piece) through prepare's task runner take {one['seconds']:.1f} s "
+            f"on 1 worker and {two['seconds']:.1f} s on 2: "
+            f"**{one['seconds'] / two['seconds']:.2f}x**, the most any prepare can gain here."
+        )]  # fmt: skip
     return "\n".join(rows)
 
 
@@ -381,7 +434,15 @@ def scaling(megabytes: float, args: argparse.Namespace) -> dict:
                 print(json.dumps(cell), file=sys.stderr)
             kinds[kind] = cells
         input_mb = corpus.stat().st_size / 1e6
-    return {"input_mb": input_mb, "piece_mb": float(piece_mb), "kinds": kinds}
+    # the same number of tasks of the same CPU time as the word cell, doing nothing but compute
+    tasks = max(1, math.ceil(input_mb / float(piece_mb)))
+    task_s = kinds["word"]["prepare"]["1"]["seconds"] / tasks
+    ceiling = {}
+    for workers in ("1", "2"):
+        ceiling[workers] = run_child("ray_ceiling", str(tasks), f"{task_s:.4f}", workers)
+        print(json.dumps(ceiling[workers]), file=sys.stderr)
+    return {"input_mb": input_mb, "piece_mb": float(piece_mb), "kinds": kinds,
+            "ceiling": ceiling}  # fmt: skip
 
 
 def child(argv: list[str]) -> None:
@@ -391,6 +452,8 @@ def child(argv: list[str]) -> None:
         result = child_prepare(*rest)
     elif kind == "prepare_ray":
         result = child_prepare_ray(*rest)
+    elif kind == "ray_ceiling":
+        result = child_ray_ceiling(*rest)
     elif kind == "tokenize":
         result = child_tokenize(*rest)
     elif kind == "reader":

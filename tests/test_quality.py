@@ -133,14 +133,23 @@ def test_text_benchmark_scores_bleu_self_bleu_and_the_frontier(ray_cluster, tmp_
         lines = [" ".join(rng.choice(TINY_WORDS, rng.integers(3, 9))) for _ in range(n)]
         (tmp_path / name).write_text("\n".join(lines) + "\n")
     result, _, _ = _run_small(
-        tmp_path, "--seeds", "0", "--text-recipes", "ratio", "--skip-oracle",
+        tmp_path, "--seeds", "0,1", "--text-recipes", "ratio", "--skip-oracle",
         "--text-train", str(tmp_path / "train.txt"), "--text-test", str(tmp_path / "test.txt"),
         "--fed-model", str(tmp_path / "no-such-model"),
     )  # fmt: skip
     text = result["text"]
     assert finite(result)
-    assert [r["method"] for r in text["runs"]] == ["mle", "ratio", "ratio/constant"]
-    assert 1 <= text["mle_best_epoch"] <= text["mle_epochs"]
+    methods = ["mle", "ratio", "ratio/constant"]
+    assert [(r["method"], r["seed"]) for r in text["runs"]] == [(m, s) for s in (0, 1) for m in methods]
+    assert all(1 <= e <= text["mle_epochs"] for e in text["mle_best_epochs"])
+    # every seed's MLE is swept (its own curve), the recipe on the first seed
+    assert list(text["sweeps"]) == ["mle", "ratio", "mle (seed 1)"]
+    # recipe minus control per seed, where both lie within their curve's range
+    pairs = [(text["runs"][i]["bleu4_over_curve"], text["runs"][i + 1]["bleu4_over_curve"])
+             for i in (1, 4)]  # fmt: skip
+    expected = [a - b for a, b in pairs if a is not None and b is not None]
+    assert text["comparisons"]["ratio"]["differences"] == pytest.approx(expected)
+    assert text["summary"]["ratio"]["bleu4"]["n"] == 2
     for run in text["runs"]:
         bleu = [run[f"bleu{n}"] for n in (2, 3, 4, 5)]
         assert all(0 < b <= 1 for b in bleu) and bleu == sorted(bleu, reverse=True)
