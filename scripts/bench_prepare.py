@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -160,7 +159,7 @@ class BurnTask:
     size: int = 1
 
 
-def burn(task: BurnTask, *, seconds: float, target=None, opt=None) -> dict:
+def burn(task: BurnTask, *, seconds: float) -> dict:
     """`seconds` of this process's CPU time in pure Python: a task of fixed work, no I/O."""
     end, spins = time.process_time() + seconds, 0
     while time.process_time() < end:
@@ -419,6 +418,9 @@ def readers(sizes: list[int], args: argparse.Namespace) -> list[dict]:
 
 def scaling(megabytes: float, args: argparse.Namespace) -> dict:
     """Each tokenizer kind: its encode rate, then prepare by 1 process, 1 and 2 Ray workers."""
+    from raygan.data.distributed import cut_pieces
+    from raygan.data.prepare import _sources
+
     kinds = {}
     piece_mb = str(0.05 if args.smoke_test else args.piece_mb)
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
@@ -434,8 +436,9 @@ def scaling(megabytes: float, args: argparse.Namespace) -> dict:
                 print(json.dumps(cell), file=sys.stderr)
             kinds[kind] = cells
         input_mb = corpus.stat().st_size / 1e6
+        # prepare's own cut of this corpus: one burn task per piece
+        tasks = len(cut_pieces(_sources([str(corpus)], None), int(float(piece_mb) * 1e6)))
     # the same number of tasks of the same CPU time as the word cell, doing nothing but compute
-    tasks = max(1, math.ceil(input_mb / float(piece_mb)))
     task_s = kinds["word"]["prepare"]["1"]["seconds"] / tasks
     ceiling = {}
     for workers in ("1", "2"):

@@ -52,10 +52,10 @@ PUBLISHED_ORACLE = {"random": 10.310, "MLE": 9.038, "SeqGAN": 8.736, "LeakGAN": 
 # COCO captions BLEU-2..5 (RelGAN, Nie et al. ICLR 2019, Table 2).
 PUBLISHED_COCO = {"MLE": (0.731, 0.497, 0.305, 0.189), "RelGAN(100)": (0.849, 0.687, 0.502, 0.331)}
 SEQGAN_GOAL = 8.736
-FED_MODES = ("required", "if-available", "off")
 SEQGAN_GOAL_SECONDS = 600.0
 MOONSHOT = -0.1
 BLEU_ORDERS = (2, 3, 4, 5)
+FED_MODES = ("required", "if-available", "off")  # QualityPlan.fed
 OVERLAP_N = 4
 # The settings that decide what MLE pretraining computes: a recipe whose values equal the MLE
 # run's starts from that run's checkpoint at its own mle_steps.
