@@ -2,13 +2,14 @@
 
     python scripts/probe_replica_kills.py --kills 7 --clients 8
 
-A diagnostic for the replica-death failures BENCHMARKS.md (serving) still reports, not a
-benchmark: a local Ray with HAProxy's request log sent to a UDP socket this script reads
-(RAY_SERVE_HAPROXY_LOG_TARGET), bench_serve's model on 2 replicas, `--clients` threads posting
-`{"n": 4}` (half of them with a seed) through urllib, one replica killed with ray.kill, then
-Serve's replacement awaited, `--kills` times. Prints the failures by kind, HAProxy's termination
-states (`SH--`: the server closed before any header), and the HAProxy log lines around each
-failure. Extra environment (e.g. RAY_SERVE_HAPROXY_RETRY_ON) reaches HAProxy as usual.
+A diagnostic for requests lost to replica deaths (BENCHMARKS.md, serving: none since HAProxy
+reads each request whole), not a benchmark: a local Ray with HAProxy's request log sent to a UDP
+socket this script reads (RAY_SERVE_HAPROXY_LOG_TARGET), bench_serve's model on 2 replicas,
+`--clients` threads posting `{"n": 4}` (half of them with a seed) through urllib, one replica
+killed with ray.kill, then Serve's replacement awaited, `--kills` times. Prints the failures by
+kind, HAProxy's termination states (`SH--`: the server closed before any header), and the
+HAProxy log lines around each failure. Extra environment (e.g. RAY_SERVE_HAPROXY_RETRY_ON)
+reaches HAProxy as usual.
 """
 
 from __future__ import annotations

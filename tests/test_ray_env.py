@@ -146,16 +146,19 @@ def test_stats_listeners_are_rebound_to_loopback(fake_haproxy, tmp_path):
 
 
 def test_the_http_frontend_draws_a_seed_header_once(fake_haproxy, tmp_path):
-    """HAProxy sets the seed of a request that has none before routing it; a reload of an
-    already edited config does not add the rule twice."""
+    """HAProxy sets the seed of a request that has none before routing it, and reads its whole
+    body first (so that a retry can resend it); a reload of an already edited config does not
+    add either rule twice."""
     config = tmp_path / "haproxy.cfg"
     config.write_text(CONFIG)
     wrapper = ray_env.wrap_haproxy("127.0.0.1")
     _run_wrapper(wrapper, config)
     out = _run_wrapper(wrapper, config)
     lines = [line.strip() for line in out.splitlines()]
-    assert lines.count(SEED_RULE) == 1
-    assert lines[lines.index("frontend http_frontend") + 1] == SEED_RULE
+    assert lines.count(SEED_RULE) == 1 and lines.count(ray_env.BUFFER_REQUEST) == 1
+    frontend = lines.index("frontend http_frontend")
+    assert lines[frontend + 1 : frontend + 3] == [SEED_RULE, ray_env.BUFFER_REQUEST]
+    assert lines.index("frontend prometheus") < frontend  # the other frontends are left alone
 
 
 def test_stats_listeners_keep_every_interface_when_asked(fake_haproxy, environ, tmp_path):
@@ -240,4 +243,4 @@ def test_the_limited_config_is_one_haproxy_accepts(environ, tmp_path):
     )
     checked = subprocess.run([wrapper, "-c", "-f", str(config)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "maxconn 64" in config.read_text()
+    assert "maxconn 64" in config.read_text() and ray_env.BUFFER_REQUEST in config.read_text()

@@ -47,15 +47,22 @@ RETRY_ON = "conn-failure empty-response junk-response"
 """What HAProxy retries on another replica (`option redispatch`): Ray's default retries only a
 refused connection; every raygan route is idempotent (a seeded /generate is deterministic), so
 a replica that died with the request in hand (no response, or a cut one) is retried too."""
+BUFFER_REQUEST = "option http-buffer-request"
+"""Set on the HTTP frontend: HAProxy reads a request's whole body before it routes it. HAProxy
+keeps the copy that a RETRY_ON retry resends only of a request it had read whole when it first
+wrote to the replica; without this, a POST whose replica died could end unretried, as a 500
+(`SH--`, 0 retries) or a connection closed unanswered: 11 of 19,524 requests over 14
+replica kills without it, 0 of 40,055 over 28 kills with it (scripts/probe_replica_kills.py,
+BENCHMARKS.md serving). /generate bodies are a few hundred bytes: the wait is one read."""
 _WRAPPER_MARK = "# raygan.run.ray_env: HAProxy with a seed header, limits and its stats listeners rebound"
 # Ray's HAProxy template writes `bind *:STATS_PORT` and `bind :METRICS_PORT`, with no setting for
 # the address, and has no hook for a request rule or a per-server limit. Serve starts HAProxy as
 # `BINARY -db -f CONFIG [-sf PIDS ...]` (also on reloads), so a wrapper named by
 # RAY_SERVE_HAPROXY_BINARY_PATH edits CONFIG and execs the real binary under the same pid and
 # arguments: the HTTP frontend gets SEED_HEADER (HAProxy's rand(), the range of
-# sampling.draw_seed), an application named in LIMITS_FILE gets its limits (limit_ingress), and
-# unless the stats host is `*` those two binds get it. A bind with an address (the frontend's
-# `bind HOST:PORT`) does not match.
+# sampling.draw_seed) and `option http-buffer-request` (BUFFER_REQUEST), an application named in
+# LIMITS_FILE gets its limits (limit_ingress), and unless the stats host is `*` those two binds
+# get it. A bind with an address (the frontend's `bind HOST:PORT`) does not match.
 _WRAPPER = """#!/bin/sh
 {mark}; stats on {host}
 config=
@@ -65,7 +72,8 @@ for arg in "$@"; do
     previous=$arg
 done
 if [ -n "$config" ] && [ -f "$config" ]; then
-{rebind}    grep -q '{header}' "$config" || sed -i '/^frontend http_frontend/a\\    http-request set-header {header} %[rand(2147483648)] unless {{ req.hdr({header}) -m found }}' "$config"
+{rebind}    grep -q '{buffer}' "$config" || sed -i '/^frontend http_frontend/a\\    {buffer}' "$config"
+    grep -q '{header}' "$config" || sed -i '/^frontend http_frontend/a\\    http-request set-header {header} %[rand(2147483648)] unless {{ req.hdr({header}) -m found }}' "$config"
     limits="$(dirname "$0")/{limits}"
     if [ -f "$limits" ] && ! grep -q '{limits_mark}' "$config"; then
         awk -v limits="$limits" -v home="$(dirname "$0")" '
@@ -141,7 +149,7 @@ def wrap_haproxy(stats_host: str) -> str | None:
     wrapper.write_text(_WRAPPER.format(
         mark=_WRAPPER_MARK, host=stats_host, binary=shlex.quote(binary), header=SEED_HEADER,
         rebind="" if every else _REBIND.format(host=stats_host), limits=LIMITS_FILE,
-        limits_mark=_LIMITS_MARK,
+        limits_mark=_LIMITS_MARK, buffer=BUFFER_REQUEST,
     ))  # fmt: skip
     wrapper.chmod(0o755)
     os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)

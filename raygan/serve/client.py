@@ -5,6 +5,7 @@ raygan generate --url http://127.0.0.1:8000 -n 3 --prefix "a man" --temperature 
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -12,20 +13,34 @@ from typing import Any
 
 from raygan.core.errors import RayganError
 
+RESENDS = 2
+"""How many times a request is sent again when the server closed its connection without any
+response (RFC 9110 9.2.2: safe for an idempotent request, and every raygan route is one: a
+seeded /generate returns the same samples, an unseeded one had returned nothing). Behind
+HAProxy a replica's death is retried by HAProxy itself; this covers a proxy that closes the
+connection itself (restarting, or dropping its connections on the way)."""
+_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
 
 def _call(url: str, path: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         url.rstrip("/") + path, data=data, headers={"content-type": "application/json"}
     )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise RayganError(f"{url}{path}: HTTP {exc.code}: {_reason(exc)}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise RayganError(f"cannot reach {url}{path}: {reason}") from None
+    tries = 1
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise RayganError(f"{url}{path}: HTTP {exc.code}: {_reason(exc)}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            if not isinstance(reason, _UNANSWERED):
+                raise RayganError(f"cannot reach {url}{path}: {reason}") from None
+            if tries > RESENDS:
+                raise RayganError(f"{url}{path}: {reason} ({tries} tries)") from None
+            tries += 1
 
 
 def _reason(exc: urllib.error.HTTPError) -> str:
