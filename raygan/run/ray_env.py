@@ -130,9 +130,10 @@ def haproxy_binary() -> str | None:
 
 
 def wrap_haproxy(stats_host: str) -> str | None:
-    """Make the HAProxy Serve starts set SEED_HEADER and listen for stats and metrics on
-    `stats_host` only (`*`: every interface, as Ray's template has it); a wrapper script, see
-    _WRAPPER. Returns the wrapper's path, or None where no HAProxy is found."""
+    """Make the HAProxy Serve starts set SEED_HEADER, read each request whole (BUFFER_REQUEST)
+    and listen for stats and metrics on `stats_host` only (`*`: every interface, as Ray's
+    template has it); a wrapper script, see _WRAPPER. Returns the wrapper's path, or None where
+    no HAProxy is found."""
     if not re.fullmatch(r"[*]|[0-9A-Za-z.:\[\]-]+", stats_host):
         raise RayganError(
             f"{STATS_HOST_VAR}={stats_host!r}: expected an IP address, a host name or *"

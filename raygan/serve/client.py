@@ -14,12 +14,13 @@ from typing import Any
 from raygan.core.errors import RayganError
 
 RESENDS = 2
-"""How many times a request is sent again when the server closed its connection without any
-response (RFC 9110 9.2.2: safe for an idempotent request, and every raygan route is one: a
-seeded /generate returns the same samples, an unseeded one had returned nothing). Behind
-HAProxy a replica's death is retried by HAProxy itself; this covers a proxy that closes the
-connection itself (restarting, or dropping its connections on the way)."""
-_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+"""How many times a request is sent again when the server closed its connection before a whole
+response arrived (none, or a cut one). RFC 9110 9.2.2 allows it for an idempotent request, and
+every raygan route is one: a seeded /generate returns the same samples, an unseeded one had
+returned nothing. Behind HAProxy a replica's death is retried by HAProxy itself; this covers a
+proxy that closes the connection itself (restarting, or dropping its connections on the way)."""
+_CLOSED = (ConnectionResetError, BrokenPipeError, http.client.IncompleteRead)
+# (http.client.RemoteDisconnected, no response at all, is a ConnectionResetError)
 
 
 def _call(url: str, path: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
@@ -36,11 +37,14 @@ def _call(url: str, path: str, body: dict[str, Any] | None, timeout: float) -> d
             raise RayganError(f"{url}{path}: HTTP {exc.code}: {_reason(exc)}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            if not isinstance(reason, _UNANSWERED):
-                raise RayganError(f"cannot reach {url}{path}: {reason}") from None
-            if tries > RESENDS:
-                raise RayganError(f"{url}{path}: {reason} ({tries} tries)") from None
-            tries += 1
+            if isinstance(reason, _CLOSED) and tries <= RESENDS:
+                tries += 1
+                continue
+            if isinstance(reason, _CLOSED):
+                raise RayganError(f"{url}{path}: closed unanswered: {reason} ({tries} tries)") from None
+            if isinstance(reason, http.client.HTTPException):
+                raise RayganError(f"{url}{path}: not an HTTP response: {reason!r}") from None
+            raise RayganError(f"cannot reach {url}{path}: {reason}") from None
 
 
 def _reason(exc: urllib.error.HTTPError) -> str:
