@@ -41,7 +41,8 @@ def _call(url: str, path: str, body: dict[str, Any] | None, timeout: float) -> d
                 tries += 1
                 continue
             if isinstance(reason, _CLOSED):
-                raise RayganError(f"{url}{path}: closed unanswered: {reason} ({tries} tries)") from None
+                closed = f"closed before a whole response: {reason} ({tries} tries)"
+                raise RayganError(f"{url}{path}: {closed}") from None
             if isinstance(reason, http.client.HTTPException):
                 raise RayganError(f"{url}{path}: not an HTTP response: {reason!r}") from None
             raise RayganError(f"cannot reach {url}{path}: {reason}") from None
