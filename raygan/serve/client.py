@@ -37,10 +37,10 @@ def _call(url: str, path: str, body: dict[str, Any] | None, timeout: float) -> d
             raise RayganError(f"{url}{path}: HTTP {exc.code}: {_reason(exc)}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            if isinstance(reason, _CLOSED) and tries <= RESENDS:
-                tries += 1
-                continue
             if isinstance(reason, _CLOSED):
+                if tries <= RESENDS:
+                    tries += 1
+                    continue
                 closed = f"closed before a whole response: {reason} ({tries} tries)"
                 raise RayganError(f"{url}{path}: {closed}") from None
             if isinstance(reason, http.client.HTTPException):
