@@ -311,7 +311,8 @@ def table(results: list[dict]) -> str:
 
 def scaling_table(scaling: dict) -> str:
     rows = [
-        f"Scaling on {scaling['input_mb']:.0f} MB (MB/s; per core: divided by the cores in use):",
+        f"Scaling on {scaling['input_mb']:.0f} MB (MB/s; per core: divided by the cores in use, "
+        "for one process by its CPU-seconds):",
         "",
         "| tokenizer | encode_batch alone, 1 thread | one process | 1 Ray worker | 2 Ray workers "
         "(2 nodes x 1 CPU) | 2 workers / 1 worker |",
@@ -319,8 +320,9 @@ def scaling_table(scaling: dict) -> str:
     ]
     for kind, cells in scaling["kinds"].items():
         one, w1, w2 = (cells["prepare"][str(n)] for n in (0, 1, 2))
+        per_cpu = f" ({scaling['input_mb'] / one['driver_cpu_s']:.2f} per core)"
         rows.append(
-            f"| {kind} | {cells['encode_mb_per_s']:.2f} | {one['mb_per_s']:.2f} "
+            f"| {kind} | {cells['encode_mb_per_s']:.2f} | {one['mb_per_s']:.2f}{per_cpu} "
             f"| {w1['mb_per_s']:.2f} | {w2['mb_per_s']:.2f} ({w2['mb_per_s'] / 2:.2f} per core) "
             f"| {w2['mb_per_s'] / w1['mb_per_s']:.2f}x |"
         )

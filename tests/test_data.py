@@ -250,6 +250,40 @@ def test_the_char_path_equals_the_char_tokenizer_on_any_unicode():
         assert (expected.unk_tokens > 0) == (ours.get_vocab_size() < 4 + len(set("".join(lines))))
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["one-line path", "thread pool"])
+def test_the_one_pass_word_path_equals_the_word_tokenizer_trained_and_run(threads):
+    """prepare's word path (one pre-tokenizer pass, counts, then an id table) against the word
+    tokenizer trained by tokenizers and run on the same lines: the same vocabulary and rows,
+    with words the vocabulary leaves out (cut, too rare, only in the other lines) as UNK."""
+    from raygan.data.tokenizer import train_tokenizer
+
+    rng = random.Random(1)
+    pieces = [*SOUP, "Zebra", "café", "我喜欢猫。", "ＡＢ", "😀", "e\u0301", "İstanbul", "ΣΑΣ"]
+    lines = [
+        "".join(rng.choice(pieces) + rng.choice(["", " ", "  "]) for _ in range(rng.randint(1, 9)))
+        for _ in range(3000)
+    ]
+    lines = [line.strip() for line in lines if line.strip()]
+    train, other = lines[:2000], lines[2000:]
+    for vocab_size, min_frequency in ((None, 1), (40, 1), (None, 200)):
+        reference = train_tokenizer("word", [train], vocab_size=vocab_size,
+                                    min_frequency=min_frequency)  # fmt: skip
+        words, found = data.WordIds(threads=threads), data.SplitCounts()
+        rows, counts = data.encode_words(words, train, 12, found)
+        more, _ = data.encode_words(words, other, 12, found)
+        ours = data.word_tokenizer(words.words(), counts, vocab_size=vocab_size,
+                                   min_frequency=min_frequency)  # fmt: skip
+        assert ours.get_vocab() == reference.get_vocab()
+        ids = data.id_table(ours, words.words())
+        expected = data.SplitCounts()
+        for kept, texts in ((rows, train), (more, other)):
+            got, unknown = data.remap_rows(kept, ids)
+            want = data._encode(reference, texts, 12, expected)
+            assert got.equals(want)
+            found.unk_tokens += unknown
+        assert found == expected and expected.unk_tokens > 0 and expected.dropped_too_long > 0
+
+
 def test_bpe_round_trip_keeps_case(tmp_path):
     src = write_lines(tmp_path / "a.txt", SENTENCES * 4)
     summary = prepare_text(
@@ -546,7 +580,7 @@ def test_failed_prepare_leaves_nothing_and_keeps_the_old_corpus(small, monkeypat
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(data, "_encode", explode)
+    monkeypatch.setattr(data._ShardWriter, "write", explode)  # after the word rows are kept
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_text([str(small.parent / "a.txt")], str(small), overwrite=True, progress=False)
     with pytest.raises(RuntimeError, match="disk full"):

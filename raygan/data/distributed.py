@@ -9,11 +9,11 @@ a local path must be one that every node sees). The tasks run in up to three rou
 
 0. Lines per piece (a newline count), only when the test split is drawn by line number: each
    piece then knows the number of its first line, which _is_test hashes.
-1. word: each piece encodes its lines with a tokenizer trained on that piece alone (so it knows
-   every word) and keeps those rows under _pieces/, with its words and their counts in training
-   lines. A WordLevel tokenizer gives one token per word whatever its vocabulary, so lengths and
-   dropped lines are final here. char: only the counts of the piece's code points (numpy finds
-   them at once). Summed over pieces, the counts give the vocabulary one process's trainer
+1. word: each piece pre-tokenizes its lines once (prepare's WordIds: ids in the order its words
+   turn up) and keeps those rows under _pieces/, with its words and their counts in training
+   lines. A word is one token whatever the vocabulary, so lengths and dropped lines are final
+   here. char: only the counts of the piece's code points (numpy finds them at once). Summed
+   over pieces, the counts give the vocabulary one process's trainer
    builds (raygan.data.tokenizer.trained_vocabulary): no process reads the whole corpus.
    bpe: merges do not add up over pieces, so the driver trains the tokenizer in one pass over
    the train split, as prepare_text does (that pass bounds BPE's speed-up).
@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
@@ -44,9 +43,8 @@ from raygan.data.prepare import (
     PrepareSummary,
     SplitCounts,
     TextOptions,
-    _covering_length,
+    WordIds,
     _decode,
-    _encoded_rows,
     _is_test,
     _Output,
     _progress,
@@ -54,15 +52,14 @@ from raygan.data.prepare import (
     _Source,
     _train,
     char_counts,
+    encode_words,
     encoder,
+    id_table,
+    max_len_of,
     readable,
+    remap_rows,
 )
-from raygan.data.tokenizer import (
-    UNK_ID,
-    train_tokenizer,
-    trained_vocabulary,
-    wordlevel_tokenizer,
-)
+from raygan.data.tokenizer import trained_vocabulary, wordlevel_tokenizer
 
 PIECES_DIR = "_pieces"  # round 1's rows and word counts, and the trained tokenizer; removed after
 _SCAN_BYTES = 1 << 16  # read when looking for the line start after a cut
@@ -111,17 +108,17 @@ def build_text(
     if opt.tokenizer == "bpe":
         tok = _train(train_sources, opt.tokenizer, opt.vocab_size, opt.min_frequency,
                      opt.test_fraction, opt.seed, opt.progress)  # fmt: skip
-        max_len, note = _max_len(tok, train_sources, opt)
+        max_len, note = max_len_of(opt, train_sources, tok)
         _save_tokenizer(target, tok)
         results = run("encode", _encode_piece, max_len=max_len)
     elif opt.tokenizer == "char":  # counts, then one numpy pass (prepare's encoder)
-        max_len, note = _max_len(_any_vocabulary(opt.tokenizer), train_sources, opt)
+        max_len, note = max_len_of(opt, train_sources)
         run("count", _count_chars)
         tok = _merged_tokenizer(target, pieces, opt)
         _save_tokenizer(target, tok)
         results = run("encode", _encode_piece, max_len=max_len)
     else:  # word
-        max_len, note = _max_len(_any_vocabulary(opt.tokenizer), train_sources, opt)
+        max_len, note = max_len_of(opt, train_sources)
         found = run("read", _encode_piece_locally, max_len=max_len)
         tok = _merged_tokenizer(target, pieces, opt)
         _save_tokenizer(target, tok)
@@ -139,12 +136,6 @@ def build_text(
             splits[name]["rows"] += result["shards"][name]["rows"]
             splits[name]["shards"] += result["shards"][name]["shards"]
     return tok, summary, splits
-
-
-def _max_len(tok: Tokenizer, train_sources: list[_Source], opt: TextOptions) -> tuple[int, str]:
-    if opt.max_len is not None:
-        return opt.max_len, ""
-    return _covering_length(tok, train_sources, opt.test_fraction, opt.seed)
 
 
 # -- pieces --------------------------------------------------------------------------------------
@@ -239,38 +230,29 @@ def _piece_texts(piece: Piece, counts: dict[str, SplitCounts], opt: TextOptions)
 
 # -- rounds 1 and 2 ------------------------------------------------------------------------------
 def _encode_piece_locally(piece: Piece, target: _Target, opt: TextOptions, max_len: int) -> dict:
-    """Round 1 (word): the piece's rows in a vocabulary of its own, its words and their
+    """Round 1 (word): the piece's rows in ids of its own (WordIds), its words and their
     counts in training lines (dropped lines included, as the trainer counts them)."""
     counts = {name: SplitCounts() for name in SPLITS}
     texts = _piece_texts(piece, counts, opt)
-    local = train_tokenizer(opt.tokenizer, [texts[name] for name in SPLITS], vocab_size=None,
-                            min_frequency=1)  # fmt: skip
-    words = sorted(local.get_vocab().items(), key=lambda item: item[1])
-    train_counts = np.zeros(len(words), dtype=np.int64)
+    words, found = WordIds(), {}
     for name in SPLITS:
-        encodings = local.encode_batch(texts[name], add_special_tokens=False)
-        if name == "train":
-            ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int64)
-            train_counts += np.bincount(ids, minlength=len(words))
-        table = _encoded_rows(encodings, max_len, counts[name])
+        table, found[name] = encode_words(words, texts[name], max_len, counts[name])
         pq.write_table(table, target.file(_rows_file(piece, name)), filesystem=target.fs)
-    words_table = pa.table({"word": [w for w, _ in words], "count": train_counts})
+    every = words.words()
+    train_counts = np.pad(found["train"], (0, len(every) - len(found["train"])))
+    words_table = pa.table({"word": every, "count": train_counts})
     pq.write_table(words_table, target.file(_words_file(piece)), filesystem=target.fs)
     return {"counts": {name: asdict(c) for name, c in counts.items()}}
 
 
 def _remap_piece(piece: Piece, target: _Target, opt: TextOptions) -> dict:
     """Round 2 (word): round 1's rows in the corpus's ids, written as the piece's shards."""
-    vocab = _load_tokenizer(target).get_vocab()
     words = pq.read_table(target.file(_words_file(piece)), filesystem=target.fs)["word"]
-    ids = np.array([vocab.get(w, UNK_ID) for w in words.to_pylist()], dtype=np.int32)
+    ids = id_table(_load_tokenizer(target), words.to_pylist())
     shards, unknown = {}, {}
     for name in SPLITS:
         table = pq.read_table(target.file(_rows_file(piece, name)), filesystem=target.fs)
-        tokens = table.column("tokens").combine_chunks()
-        values = ids[tokens.values.to_numpy(zero_copy_only=False)]
-        unknown[name] = int(np.count_nonzero(values == UNK_ID))
-        table = table.set_column(0, "tokens", _with_values(tokens, values))
+        table, unknown[name] = remap_rows(table, ids)
         shards[name] = _write_shards(piece, name, table, target, opt)
     return {"shards": shards, "unk_tokens": unknown}
 
@@ -303,14 +285,6 @@ def _write_shards(piece: Piece, split: str, table: pa.Table, target: _Target, op
     return writer.close()
 
 
-def _with_values(tokens: pa.ListArray, values: np.ndarray) -> pa.ListArray:
-    offsets = tokens.offsets
-    if tokens.offset:  # a sliced array: values start at its first offset
-        values = values[tokens.offsets[0].as_py() :]
-        offsets = pc.subtract(offsets, offsets[0])
-    return pa.ListArray.from_arrays(offsets, pa.array(values, type=tokens.type.value_type))
-
-
 def _with_unknown(counts: dict, unknown: dict) -> dict:
     return {name: {**counts[name], "unk_tokens": unknown[name]} for name in SPLITS}
 
@@ -329,12 +303,6 @@ def _words_file(piece: Piece) -> str:
 
 
 # -- the vocabulary ------------------------------------------------------------------------------
-def _any_vocabulary(kind: str) -> Tokenizer:
-    """A `kind` tokenizer whose vocabulary is the special tokens alone: its encodings have the
-    lengths of the trained one's (one token per word, unknown or not)."""
-    return wordlevel_tokenizer(kind, [])
-
-
 def _merged_tokenizer(target: _Target, pieces: list[Piece], opt: TextOptions) -> Tokenizer:
     """The tokenizer of the whole train split, from round 1's word counts."""
     tables = [pq.read_table(target.file(_words_file(p)), filesystem=target.fs) for p in pieces]

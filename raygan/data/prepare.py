@@ -20,14 +20,16 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
+from tokenizers import models
 from tqdm import tqdm
 
 from raygan import __version__
@@ -47,13 +49,16 @@ from raygan.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    SPECIAL_TOKENS,
     TOKENIZER_KINDS,
     UNK_ID,
+    build_tokenizer,
     train_tokenizer,
     trained_vocabulary,
     wordlevel_tokenizer,
 )
 
+WORD_ROWS_DIR = "_rows"  # the word tokenizer's rows in provisional ids, until its vocabulary
 READ_BLOCK_BYTES = 1 << 20  # text is read, decoded and encoded ~1 MiB at a time
 ORACLE_CHUNK = 2000  # oracle sequences drawn per derived seed
 _SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
@@ -344,7 +349,8 @@ def _text_blocks(
 
 def _encode(tokenizer, texts: list[str], max_len: int, counts: SplitCounts) -> pa.Table:
     """Token ids + EOS of each line; lines over max_len - 1 tokens are dropped."""
-    return _encoded_rows(tokenizer.encode_batch(texts, add_special_tokens=False), max_len, counts)
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    return _encoded_rows((enc.ids for enc in encodings), max_len, counts)
 
 
 def encoder(tokenizer, kind: str):
@@ -408,11 +414,10 @@ def _encode_chars(lookup: np.ndarray, texts: list[str], max_len: int, counts: Sp
     return pa.Table.from_arrays([tokens, pa.array(kept_N.astype(np.int32))], schema=SHARD_SCHEMA)
 
 
-def _encoded_rows(encodings, max_len: int, counts: SplitCounts) -> pa.Table:
-    """_encode's rows from the lines' encodings."""
+def _encoded_rows(lines_ids: Iterable[list[int]], max_len: int, counts: SplitCounts) -> pa.Table:
+    """_encode's rows from each line's token ids (lists it may append EOS to)."""
     rows = []
-    for enc in encodings:
-        ids = enc.ids
+    for ids in lines_ids:
         if not ids:  # only characters the tokenizer removes
             counts.dropped_empty += 1
         elif len(ids) >= max_len:
@@ -425,6 +430,111 @@ def _encoded_rows(encodings, max_len: int, counts: SplitCounts) -> pa.Table:
     counts.tokens += len(values)
     counts.unk_tokens += int(np.count_nonzero(values == UNK_ID))
     return table
+
+
+# -- the word tokenizer in one pass --------------------------------------------------------------
+class WordIds:
+    """The word tokenizer's tokens of lines as ids of a vocabulary that grows as words turn up.
+
+    Each line goes through the tokenizer's own normalizer and pre-tokenizer (so these are exactly
+    its words) once: that one pass gives both the counts the vocabulary is built from and every
+    row, kept in these ids until the vocabulary is known (`id_table` then maps them). Training
+    the tokenizer and encoding with it would run the pre-tokenizer, nearly all of the cost, twice.
+    The special tokens keep ids 0-3 (no word can be one: the pre-tokenizer splits off < and >), so
+    an EOS appended to a row maps to EOS.
+
+    `threads` (default: whether the tokenizers pool has more than one, `pool_threads`): run the
+    lines through the pool (encode_batch) with the words known so far as its vocabulary, and only
+    the lines with a word it does not know through the one-line path; that vocabulary is rebuilt
+    once it lacks REBUILD_SHARE of the words. On one thread the one-line path alone is faster (no
+    second look at lines with a new word); on two, the pool is 1.3x faster (BENCHMARKS.md).
+    """
+
+    REBUILD_SHARE = 0.05
+
+    def __init__(self, *, threads: bool | None = None) -> None:
+        if threads is None:
+            threads = pool_threads() > 1
+        tok = build_tokenizer("word")
+        self._normalize = tok.normalizer.normalize_str
+        self._split = tok.pre_tokenizer.pre_tokenize_str
+        self.ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+        self._tok, self._known = (tok, 0) if threads else (None, 0)  # _known: its vocabulary
+        self._learn()
+
+    def _learn(self) -> None:
+        """The thread pool's vocabulary: every word so far."""
+        if self._tok is not None:
+            self._tok.model = models.WordLevel(self.ids, unk_token=SPECIAL_TOKENS[UNK_ID])
+            self._known = len(self.ids)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        if self._tok is None:
+            return [self._encode_line(text) for text in texts]
+        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        rows = [enc.ids for enc in encodings]
+        for i, row in enumerate(rows):
+            if UNK_ID in row:
+                rows[i] = self._encode_line(texts[i])
+        if len(self.ids) - self._known > self.REBUILD_SHARE * self._known:
+            self._learn()
+        return rows
+
+    def _encode_line(self, text: str) -> list[int]:
+        ids = self.ids
+        return [ids.setdefault(word, len(ids)) for word, _ in self._split(self._normalize(text))]
+
+    def words(self) -> list[str]:
+        """Every word so far, in id order."""
+        return list(self.ids)
+
+
+def pool_threads() -> int:
+    """The threads the tokenizers library encodes a batch on, by its rules: 1 when
+    TOKENIZERS_PARALLELISM is off, else RAYON_NUM_THREADS, else the CPUs this process may use."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "true").lower() in _OFF:
+        return 1
+    threads = os.environ.get("RAYON_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        return int(threads)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_OFF = ("", "off", "false", "f", "no", "n", "0")  # tokenizers' own list
+
+
+def encode_words(
+    words: WordIds, texts: list[str], max_len: int, counts: SplitCounts
+) -> tuple[pa.Table, np.ndarray]:
+    """_encode's rows in `words`' ids, and how often each id occurs in `texts` (dropped lines
+    included, as the tokenizer's trainer counts them)."""
+    lines_ids = words.encode(texts)
+    every = np.fromiter(itertools.chain.from_iterable(lines_ids), dtype=np.int64)
+    return _encoded_rows(lines_ids, max_len, counts), np.bincount(every, minlength=len(words.ids))
+
+
+def word_tokenizer(words, counts: np.ndarray, *, vocab_size: int | None, min_frequency: int):
+    """The word tokenizer train_tokenizer would train on lines with these word counts."""
+    counts = np.pad(counts, (0, len(words) - len(counts)))
+    kept = trained_vocabulary(words, counts, vocab_size=vocab_size, min_frequency=min_frequency)
+    return wordlevel_tokenizer("word", kept)
+
+
+def id_table(tok, words: list[str]) -> np.ndarray:
+    """The id in `tok`'s vocabulary (UNK if none) of each of `words`, by their index."""
+    vocab = tok.get_vocab()
+    return np.array([vocab.get(w, UNK_ID) for w in words], dtype=np.int32)
+
+
+def remap_rows(table: pa.Table, ids: np.ndarray) -> tuple[pa.Table, int]:
+    """`table`'s rows with every token t replaced by ids[t], and how many of them are UNK."""
+    if not table.num_rows:
+        return table, 0
+    tokens = table.column("tokens").combine_chunks()
+    values = ids[tokens.flatten().to_numpy()]
+    offsets = pc.subtract(tokens.offsets, tokens.offsets[0])  # a slice's start at 0
+    tokens = pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.int32()))
+    return table.set_column(0, "tokens", tokens), int(np.count_nonzero(values == UNK_ID))
 
 
 def _progress(total: int, desc: str, progress: bool) -> tqdm:
@@ -517,11 +627,11 @@ class TextOptions:
 def _build_text(sources: list[_Source], output: _Output, opt: TextOptions):
     """One process: (tokenizer, summary, the manifest's splits)."""
     train_sources = [s for s in sources if s.split != "test"]
+    if opt.tokenizer == "word":
+        return _build_words(sources, train_sources, output, opt)
     tok = _train(train_sources, opt.tokenizer, opt.vocab_size, opt.min_frequency,
                  opt.test_fraction, opt.seed, opt.progress)  # fmt: skip
-    max_len, note = opt.max_len, ""
-    if max_len is None:
-        max_len, note = _covering_length(tok, train_sources, opt.test_fraction, opt.seed)
+    max_len, note = max_len_of(opt, train_sources, tok)
     summary = PrepareSummary(output.uri, "text", tok.get_vocab_size(), max_len, max_len_note=note)
     summary.splits = {name: SplitCounts() for name in SPLITS}
     writers = {name: _ShardWriter(output, name, opt.shard_rows) for name in SPLITS}
@@ -533,6 +643,57 @@ def _build_text(sources: list[_Source], output: _Output, opt: TextOptions):
             for name, lines in texts.items():
                 writers[name].write(encode(lines, max_len, summary.splits[name]))
     return tok, summary, {name: writer.close() for name, writer in writers.items()}
+
+
+def _build_words(sources, train_sources, output: _Output, opt: TextOptions):
+    """_build_text for the word tokenizer, in one pass over the text (WordIds): the rows go to
+    WORD_ROWS_DIR in provisional ids, then, once the training lines' counts give the vocabulary,
+    through its id table into the shards."""
+    max_len, note = max_len_of(opt, train_sources)
+    counts = {name: SplitCounts() for name in SPLITS}
+    words, train_counts = WordIds(), np.zeros(0, dtype=np.int64)
+    rows = {name: output.file(f"{WORD_ROWS_DIR}/{name}.parquet") for name in SPLITS}
+    output.fs.create_dir(output.file(WORD_ROWS_DIR), recursive=True)
+    with contextlib.ExitStack() as stack:
+        writers = {
+            name: stack.enter_context(pq.ParquetWriter(path, SHARD_SCHEMA, filesystem=output.fs))
+            for name, path in rows.items()
+        }
+        bar = stack.enter_context(_progress(sum(s.size for s in sources), "encode", opt.progress))
+        for texts in _text_blocks(sources, counts, bar, fraction=opt.test_fraction, seed=opt.seed):
+            for name, lines in texts.items():
+                table, found = encode_words(words, lines, max_len, counts[name])
+                writers[name].write_table(table)
+                if name == "train":
+                    train_counts = np.pad(train_counts, (0, len(found) - len(train_counts)))
+                    train_counts += found
+    tok = word_tokenizer(words.words(), train_counts, vocab_size=opt.vocab_size,
+                         min_frequency=opt.min_frequency)  # fmt: skip
+    ids = id_table(tok, words.words())
+    shards = {}
+    for name, path in rows.items():
+        writer = _ShardWriter(output, name, opt.shard_rows)
+        with output.fs.open_input_file(path) as f:
+            blocks = pq.ParquetFile(f)  # a row group per block read: the shards' row groups
+            for i in range(blocks.num_row_groups):
+                table, unknown = remap_rows(blocks.read_row_group(i), ids)
+                writer.write(table)
+                counts[name].unk_tokens += unknown
+        shards[name] = writer.close()
+    output.fs.delete_dir(output.file(WORD_ROWS_DIR))
+    summary = PrepareSummary(output.uri, "text", tok.get_vocab_size(), max_len, max_len_note=note)
+    summary.splits = counts
+    return tok, summary, shards
+
+
+def max_len_of(opt: TextOptions, train_sources, tok=None) -> tuple[int, str]:
+    """opt.max_len, or the covering length counted with `tok`; by default a word or char
+    tokenizer with no vocabulary, whose lines have as many tokens as the trained one's."""
+    if opt.max_len is not None:
+        return opt.max_len, ""
+    if tok is None:
+        tok = wordlevel_tokenizer(opt.tokenizer, [])
+    return _covering_length(tok, train_sources, opt.test_fraction, opt.seed)
 
 
 def _train(sources, kind, vocab_size, min_frequency, fraction, seed, progress):
