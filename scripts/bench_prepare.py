@@ -15,8 +15,9 @@ shards of 100,000 rows written straight with pyarrow), read by RankBatches (the 
 StreamBatches (a 1M-row shuffle buffer) in fresh processes: peak RSS, time to the first batch,
 rows/s over 2,000 batches of 64.
 
-Scaling (`--scaling-mb`): one corpus prepared per tokenizer kind by one process, and by
-`--workers 1` and `--workers 2` on a Ray cluster of two 1-CPU nodes (ray.cluster_utils.Cluster,
+Scaling (`--scaling-mb`): one corpus prepared per tokenizer kind by one process (with the
+tokenizers' thread pool, and on one thread as in a Ray task; per core: MB over its CPU-seconds),
+and by `--workers 1` and `--workers 2` on a Ray cluster of two 1-CPU nodes (ray.cluster_utils.Cluster,
 started before the clock), with the tokenizer's own encode_batch rate beside them (MB/s per
 core: the work one core does, so a process that uses more than one core is rated per core used).
 Then Ray's own ceiling on the same two nodes: as many tasks as the corpus has pieces, each a
@@ -118,15 +119,19 @@ def child_prepare(corpus: str, out: str) -> dict:
 
 
 def child_prepare_ray(corpus: str, out: str, kind: str, workers: str, piece_mb: str) -> dict:
-    """prepare_text on a fresh cluster of two 1-CPU nodes (workers 0: one process, no Ray)."""
+    """prepare_text on a fresh cluster of two 1-CPU nodes (workers 0: one process, no Ray;
+    "0-1": one process whose tokenizers run on one thread, as in a Ray task)."""
+    if workers == "0-1":
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read at the tokenizers' first use
     import ray
 
     from raygan.data.prepare import prepare_text
 
-    cluster = start_two_nodes() if int(workers) else None
+    ray_workers = 0 if workers.startswith("0") else int(workers)
+    cluster = start_two_nodes() if ray_workers else None
     cpu_started, started = time.process_time(), time.perf_counter()
     summary = prepare_text([corpus], out, tokenizer=kind, max_len=64, test_fraction=0.05,
-                           progress=False, workers=int(workers) or None,
+                           progress=False, workers=ray_workers or None,
                            piece_mb=float(piece_mb))  # fmt: skip
     seconds = time.perf_counter() - started
     driver_cpu_s = time.process_time() - cpu_started
@@ -134,7 +139,7 @@ def child_prepare_ray(corpus: str, out: str, kind: str, workers: str, piece_mb: 
         ray.shutdown()
         cluster.shutdown()
     megabytes = Path(corpus).stat().st_size / 1e6
-    return {"kind": kind, "workers": int(workers), "seconds": round(seconds, 2),
+    return {"kind": kind, "workers": workers, "seconds": round(seconds, 2),
             "mb_per_s": round(megabytes / seconds, 2), "driver_cpu_s": round(driver_cpu_s, 2),
             "kept": summary.splits["train"].kept + summary.splits["test"].kept}  # fmt: skip
 
@@ -314,15 +319,20 @@ def scaling_table(scaling: dict) -> str:
         f"Scaling on {scaling['input_mb']:.0f} MB (MB/s; per core: divided by the cores in use, "
         "for one process by its CPU-seconds):",
         "",
-        "| tokenizer | encode_batch alone, 1 thread | one process | 1 Ray worker | 2 Ray workers "
-        "(2 nodes x 1 CPU) | 2 workers / 1 worker |",
-        "|---" * 6 + "|",
+        "| tokenizer | encode_batch alone, 1 thread | one process | one process, 1 thread "
+        "| 1 Ray worker | 2 Ray workers (2 nodes x 1 CPU) | 2 workers / 1 worker |",
+        "|---" * 7 + "|",
     ]
     for kind, cells in scaling["kinds"].items():
-        one, w1, w2 = (cells["prepare"][str(n)] for n in (0, 1, 2))
-        per_cpu = f" ({scaling['input_mb'] / one['driver_cpu_s']:.2f} per core)"
+        one, w1, w2 = (cells["prepare"][n] for n in ("0", "1", "2"))
+        cells_one = [one, cells["prepare"].get("0-1")]  # the second: not in older reports
+        one_process = " | ".join(
+            f"{c['mb_per_s']:.2f} ({scaling['input_mb'] / c['driver_cpu_s']:.2f} per core)"
+            if c else "—"
+            for c in cells_one
+        )
         rows.append(
-            f"| {kind} | {cells['encode_mb_per_s']:.2f} | {one['mb_per_s']:.2f}{per_cpu} "
+            f"| {kind} | {cells['encode_mb_per_s']:.2f} | {one_process} "
             f"| {w1['mb_per_s']:.2f} | {w2['mb_per_s']:.2f} ({w2['mb_per_s'] / 2:.2f} per core) "
             f"| {w2['mb_per_s'] / w1['mb_per_s']:.2f}x |"
         )
@@ -431,7 +441,7 @@ def scaling(megabytes: float, args: argparse.Namespace) -> dict:
         for kind in ("word", "bpe", "char"):
             cells = run_child("tokenize", str(corpus), kind)
             cells["prepare"] = {}
-            for workers in ("0", "1", "2"):
+            for workers in ("0", "0-1", "1", "2"):
                 out = str(Path(tmp) / f"{kind}-{workers}")
                 cell = run_child("prepare_ray", str(corpus), out, kind, workers, piece_mb)
                 cells["prepare"][workers] = cell

@@ -64,7 +64,7 @@ ORACLE_CHUNK = 2000  # oracle sequences drawn per derived seed
 _SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
 DEFAULT_TEST_FRACTION = 0.05  # held out when no test file is given: NLL_test needs a test split
 LENGTH_COVERAGE = 0.99  # without max_len: the length that keeps this share of training lines ...
-LENGTH_SAMPLE_LINES = 100_000  # ... measured on the first this many (a bounded third pass)
+LENGTH_SAMPLE_LINES = 100_000  # ... measured on the first this many (a bounded extra pass)
 DROPPED_WARNING_SHARE = 0.01  # more lines lost than this (too long, invalid UTF-8): a warning
 
 
@@ -446,11 +446,14 @@ class WordIds:
     `threads` (default: whether the tokenizers pool has more than one, `pool_threads`): run the
     lines through the pool (encode_batch) with the words known so far as its vocabulary, and only
     the lines with a word it does not know through the one-line path; that vocabulary is rebuilt
-    once it lacks REBUILD_SHARE of the words. On one thread the one-line path alone is faster (no
-    second look at lines with a new word); on two, the pool is 1.3x faster (BENCHMARKS.md).
+    once it lacks REBUILD_SHARE of the words, and a batch after one where more than SLOW_SHARE
+    of the lines had a new word (the first, say) takes the one-line path alone. On one thread
+    the one-line path alone is faster (no second look at lines with a new word); on two, the
+    pool is faster (BENCHMARKS.md, prepare section).
     """
 
     REBUILD_SHARE = 0.05
+    SLOW_SHARE = 0.5
 
     def __init__(self, *, threads: bool | None = None) -> None:
         if threads is None:
@@ -460,7 +463,7 @@ class WordIds:
         self._split = tok.pre_tokenizer.pre_tokenize_str
         self.ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
         self._tok, self._known = (tok, 0) if threads else (None, 0)  # _known: its vocabulary
-        self._learn()
+        self._slow = 1.0  # the share of the last batch's lines that had a word the pool lacked
 
     def _learn(self) -> None:
         """The thread pool's vocabulary: every word so far."""
@@ -469,14 +472,17 @@ class WordIds:
             self._known = len(self.ids)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        if self._tok is None:
-            return [self._encode_line(text) for text in texts]
-        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
-        rows = [enc.ids for enc in encodings]
-        for i, row in enumerate(rows):
-            if UNK_ID in row:
+        if self._tok is None or self._slow > self.SLOW_SHARE:
+            rows = [self._encode_line(text) for text in texts]
+            self._slow = 0.0  # unknown: try the pool next
+        else:
+            encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+            rows = [enc.ids for enc in encodings]
+            slow = [i for i, row in enumerate(rows) if UNK_ID in row]
+            for i in slow:
                 rows[i] = self._encode_line(texts[i])
-        if len(self.ids) - self._known > self.REBUILD_SHARE * self._known:
+            self._slow = len(slow) / max(len(texts), 1)
+        if self._tok is not None and len(self.ids) - self._known > self.REBUILD_SHARE * self._known:
             self._learn()
         return rows
 
@@ -563,11 +569,14 @@ def prepare_text(
 ) -> PrepareSummary:
     """Tokenize UTF-8 text files (one sentence per line) into Parquet shards under `out`.
 
-    Two streaming passes (memory stays flat): train the tokenizer on the train split, then encode
-    ~1 MiB blocks and append them to shards. Lines are stripped; empty lines, invalid UTF-8 and
-    lines over `max_len - 1` tokens (`max_len` counts the EOS) are dropped and counted. Without
-    `max_len`, a third, bounded pass picks the length that keeps LENGTH_COVERAGE of the first
-    LENGTH_SAMPLE_LINES training lines (the summary's max_len_note says so). The test split is
+    Streaming (memory stays flat), ~1 MiB blocks at a time. bpe: train the tokenizer on the train
+    split, then encode the blocks into shards; char: count code points, then numpy ids; word: one
+    pass of the pre-tokenizer (WordIds) that keeps the rows in provisional ids and counts the
+    training lines' words, then the rows through the vocabulary's id table. Lines are stripped;
+    empty lines, invalid UTF-8 and lines over `max_len - 1` tokens (`max_len` counts the EOS) are
+    dropped and counted. Without `max_len`, a bounded pass picks the length that keeps
+    LENGTH_COVERAGE of the first LENGTH_SAMPLE_LINES training lines (the summary's max_len_note
+    says so). The test split is
     `test_inputs`, or else a `test_fraction` of the lines (DEFAULT_TEST_FRACTION when neither is
     given; 0 for none) drawn by a hash of (seed, line number). The tokenizer sees only train
     lines: test words unseen in train become UNK.
