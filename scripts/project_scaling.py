@@ -5,9 +5,9 @@ network bandwidths: the tables of docs/scaling.md.
     python scripts/project_scaling.py            # print them
 
 Inputs, all measured and committed: one GPU's step times (benchmarks/gpu.json, scripts/
-bench_gpu.py), the gradient bytes DDP all-reduces per update (the models' parameter counts, fp32
-gradients whatever the autocast), and, when benchmarks/prepare.json has them, the streaming
-reader's rows/s and prepare's MB/s per core (scripts/bench_prepare.py).
+bench_gpu.py) and the gradient bytes DDP all-reduces per update (the models' parameter counts, fp32
+gradients whatever the autocast). The reader's rows/s and prepare's MB/s per core, which
+docs/scaling.md quotes in its prose, come from BENCHMARKS.md (scripts/bench_prepare.py).
 
 The model of a step with W workers, each with the measured single-GPU batch (weak scaling):
     t(W) = t_compute + sum over the step's all-reduces of [2 (W-1)/W * S / B + 2 (W-1) * a]
