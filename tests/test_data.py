@@ -284,6 +284,29 @@ def test_the_one_pass_word_path_equals_the_word_tokenizer_trained_and_run(thread
         assert found == expected and expected.unk_tokens > 0 and expected.dropped_too_long > 0
 
 
+def test_the_bpe_word_path_equals_the_bpe_tokenizer():
+    """prepare's bpe encoder (ASCII split by str.split, each distinct word through the model
+    once) against the tokenizer's own encode_batch: the same rows, on lines with runs of spaces,
+    tabs, the Metaspace character itself, combining marks and characters the merges never saw."""
+    from raygan.data.tokenizer import train_tokenizer
+
+    rng = random.Random(2)
+    pieces = ["the", "dog", "Dog", "it's", " ", "  ", "\t", "\u2581", "a\u2581b", "café", "cafe\u0301",
+              "我喜欢", "😀", "ＡＢ", "x", "yz", ".", ",", "İ", "ß", "ﬁ"]  # fmt: skip
+    lines = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    lines = [line.strip() for line in lines if line.strip()]
+    unseen = [line for line in lines[:1500] if "😀" not in line]  # 😀: UNK
+    reference = train_tokenizer("bpe", [unseen], vocab_size=60, min_frequency=2)
+    for cache in (data.BpeWords.CACHE_WORDS, 5):
+        words = data.BpeWords(reference)
+        words.CACHE_WORDS = cache
+        expected, found = data.SplitCounts(), data.SplitCounts()
+        want = data._encode(reference, lines, 16, expected)
+        assert words.encode(lines, 16, found).equals(want) and found == expected
+        assert expected.unk_tokens > 0 and expected.dropped_too_long > 0
+    assert any(line.isascii() and "  " in line for line in lines)  # both paths ran
+
+
 def test_bpe_round_trip_keeps_case(tmp_path):
     src = write_lines(tmp_path / "a.txt", SENTENCES * 4)
     summary = prepare_text(
