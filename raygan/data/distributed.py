@@ -18,7 +18,8 @@ a local path must be one that every node sees). The tasks run in up to three rou
    bpe: merges do not add up over pieces, so the driver trains the tokenizer in one pass over
    the train split, as prepare_text does (that pass bounds BPE's speed-up).
 2. Each piece's rows in the corpus's ids (word: the kept rows through an id table; bpe and
-   char: encoded with the trained tokenizer, char by prepare's numpy encoder), as its shards.
+   char: encoded with the trained tokenizer by prepare's encoders, a word at a time for bpe and
+   through numpy for char), as its shards.
 """
 
 from __future__ import annotations

@@ -637,7 +637,7 @@ def prepare_text(
     """Tokenize UTF-8 text files (one sentence per line) into Parquet shards under `out`.
 
     Streaming (memory stays flat), ~1 MiB blocks at a time. bpe: train the tokenizer on the train
-    split, then encode the blocks into shards; char: count code points, then numpy ids; word: one
+    split, then encode the blocks into shards a word at a time (BpeWords); char: count code points, then numpy ids; word: one
     pass of the pre-tokenizer (WordIds) that keeps the rows in provisional ids and counts the
     training lines' words, then the rows through the vocabulary's id table. Lines are stripped;
     empty lines, invalid UTF-8 and lines over `max_len - 1` tokens (`max_len` counts the EOS) are
