@@ -17,9 +17,10 @@ rows/s over 2,000 batches of 64.
 
 Scaling (`--scaling-mb`): one corpus prepared per tokenizer kind by one process (with the
 tokenizers' thread pool, and on one thread as in a Ray task; per core: MB over its CPU-seconds),
-and by `--workers 1` and `--workers 2` on a Ray cluster of two 1-CPU nodes (ray.cluster_utils.Cluster,
-started before the clock), with the tokenizer's own encode_batch rate beside them (MB/s per
-core: the work one core does, so a process that uses more than one core is rated per core used).
+and by `--workers 1` and `--workers 2` on a Ray cluster of two 1-CPU nodes
+(ray.cluster_utils.Cluster, started before the clock), with the tokenizer's own encode_batch
+rate beside them (MB/s per core: the work one core does, so a process that uses more than one
+core is rated per core used).
 Then Ray's own ceiling on the same two nodes: as many tasks as the corpus has pieces, each a
 fixed share of the word cell's 1-worker time spent computing in pure Python (no I/O), through
 prepare's task runner on 1 and 2 workers: what 2 workers can gain over 1 on this machine.

@@ -637,16 +637,16 @@ def prepare_text(
     """Tokenize UTF-8 text files (one sentence per line) into Parquet shards under `out`.
 
     Streaming (memory stays flat), ~1 MiB blocks at a time. bpe: train the tokenizer on the train
-    split, then encode the blocks into shards a word at a time (BpeWords); char: count code points, then numpy ids; word: one
-    pass of the pre-tokenizer (WordIds) that keeps the rows in provisional ids and counts the
-    training lines' words, then the rows through the vocabulary's id table. Lines are stripped;
-    empty lines, invalid UTF-8 and lines over `max_len - 1` tokens (`max_len` counts the EOS) are
-    dropped and counted. Without `max_len`, a bounded pass picks the length that keeps
-    LENGTH_COVERAGE of the first LENGTH_SAMPLE_LINES training lines (the summary's max_len_note
-    says so). The test split is
-    `test_inputs`, or else a `test_fraction` of the lines (DEFAULT_TEST_FRACTION when neither is
-    given; 0 for none) drawn by a hash of (seed, line number). The tokenizer sees only train
-    lines: test words unseen in train become UNK.
+    split, then encode the blocks into shards a word at a time (BpeWords); char: count code
+    points, then numpy ids; word: one pass of the pre-tokenizer (WordIds) that keeps the rows in
+    provisional ids and counts the training lines' words, then the rows through the
+    vocabulary's id table. Lines are stripped; empty lines, invalid UTF-8 and lines over
+    `max_len - 1` tokens (`max_len` counts the EOS) are dropped and counted. Without `max_len`,
+    a bounded pass picks the length that keeps LENGTH_COVERAGE of the first LENGTH_SAMPLE_LINES
+    training lines (the summary's max_len_note says so). The test split is `test_inputs`, or
+    else a `test_fraction` of the lines (DEFAULT_TEST_FRACTION when neither is given; 0 for
+    none) drawn by a hash of (seed, line number). The tokenizer sees only train lines: test
+    words unseen in train become UNK.
 
     `workers`: build the corpus with that many Ray Data tasks instead (raygan.data.distributed:
     the inputs cut into pieces of ~`piece_mb` MB at line starts): the same rows in the same order
