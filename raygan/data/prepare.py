@@ -509,7 +509,8 @@ class WordIds:
         self._normalize = tok.normalizer.normalize_str
         self._split = tok.pre_tokenizer.pre_tokenize_str
         self.ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
-        self._tok, self._known = (tok, 0) if threads else (None, 0)  # _known: its vocabulary
+        self._tok = tok if threads else None
+        self._known = 0  # words in the pool's vocabulary
         self._slow = 1.0  # the share of the last batch's lines that had a word the pool lacked
 
     def _learn(self) -> None:
