@@ -122,6 +122,24 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
     assert again["oracle"]["seeds"]["0"]["runs"]["ratio"]["checkpoint"] == runs["ratio"]["checkpoint"]
     assert again["oracle"]["seeds"]["0"]["runs"]["ratio"]["wall_s"] == runs["ratio"]["wall_s"]
 
+    # A run whose config differs from what the same settings resolve to now (its recipe file
+    # was edited since) is trained again, and its checkpoints' cached scores are not reused.
+    run_dir = next(p for p in (tmp_path / "out" / "runs").iterdir() if p.name == "oracle_ratio_s0")
+    ran = json.loads((run_dir / "run.json").read_text())
+    ran["config"]["gan"]["d_steps"] += 1
+    (run_dir / "run.json").write_text(json.dumps(ran))
+    scores_path = tmp_path / "out" / "scores.json"
+    scores = json.loads(scores_path.read_text())
+    mine = [key for key in scores if f" {run_dir.resolve()}/" in key]
+    assert mine
+    scores.update({key: {**scores[key], "nll_oracle": 123.0} for key in mine})
+    scores_path.write_text(json.dumps(scores))
+    third, _, _ = _run_small(tmp_path, *SMALL_ARGS)
+    rerun = third["oracle"]["seeds"]["0"]["runs"]
+    assert rerun["ratio"]["wall_s"] != runs["ratio"]["wall_s"]
+    assert rerun["ratio"]["nll_oracle"] == pytest.approx(runs["ratio"]["nll_oracle"])  # same seed
+    assert rerun["seqgan"]["wall_s"] == runs["seqgan"]["wall_s"]  # the others are reused
+
 
 def _expected_markdown(result: dict) -> str:
     return f"# Benchmarks\n\n<!-- BEGIN quality -->\n{markdown(result)}\n<!-- END quality -->\n"

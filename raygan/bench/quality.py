@@ -170,24 +170,30 @@ def placement_settings(train_overrides: dict[str, Any]):
 def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) -> dict[str, Any]:
     """One `raygan train` run into OUT/runs/NAME; a finished run is reused with its record."""
     from raygan.run.checkpoint import atomic_write_text
-    from raygan.run.train import fit
+    from raygan.run.train import fit, resolve_config
 
     run_dir = Path(plan.out).resolve() / "runs" / name  # workers run elsewhere: absolute paths
     record = run_dir / "bench_run.json"
     settings = {**RUN_DEFAULTS, "eval_samples": plan.run_eval_samples, **plan.train_overrides,
                 **overrides}  # fmt: skip
+    config = _as_json(resolve_config(str(data_dir), settings).to_dict())
+    stale = False
     if record.is_file():
         done = json.loads(record.read_text())
-        if done["settings"] == settings:
+        if done["settings"] == settings and ran_with(run_dir, config):
             log(f"{name}: reusing the finished run in {run_dir}")
             return {**done, "checkpoints": checkpoints(run_dir)}
+        stale = True  # other settings, or a recipe file edited since: train it again
+        record.unlink()  # an interrupted retraining must not pass for the old finished run
     log(f"{name}: raygan train {' '.join(f'{k}={v}' for k, v in settings.items())}")
-    # An unfinished run resumes only with the same settings; one left by other settings (a
-    # changed recipe, an interrupted earlier version) starts over.
+    # An unfinished run resumes only with the same settings and config; one left by others (an
+    # edited recipe, an interrupted earlier version) starts over.
     started_with = run_dir / "bench_settings.json"
-    fresh = started_with.is_file() and json.loads(started_with.read_text()) != settings
+    begun = {"settings": settings, "config": config}
+    fresh = stale or (started_with.is_file() and json.loads(started_with.read_text()) != begun)
+    ScoreCache(Path(plan.out) / "scores.json").forget(run_dir)  # `final` keeps its path
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(started_with, json.dumps(settings, indent=2, default=str))
+    atomic_write_text(started_with, json.dumps(begun, indent=2, default=str))
     started = time.perf_counter()
     summary = fit(str(data_dir), str(run_dir), settings, fresh=fresh, log=lambda _: None,
                   progress=False, report=False)
@@ -205,6 +211,24 @@ def train(plan: QualityPlan, data_dir: Path, name: str, overrides: dict, log) ->
     atomic_write_text(record, json.dumps(done, indent=2, default=str))  # marks the run finished
     log(f"{name}: {done['steps']} steps in {done['wall_s']:.0f} s")
     return done
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def ran_with(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether the finished run in `run_dir` ran this resolved config (its run.json): the same
+    settings name the same recipe even after its file was edited. Keys its config lacks (added
+    to raygan after it ran) are not compared."""
+    if not (run_dir / "run.json").is_file():
+        return False
+    ran = json.loads((run_dir / "run.json").read_text())["config"]
+    return all(
+        ran.get(section, {}).get(key, value) == value
+        for section, keys in config.items()
+        for key, value in keys.items()
+    )
 
 
 def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
@@ -257,19 +281,36 @@ def recipe_start(
 class ScoreCache:
     """Scores of checkpoints (NLL_oracle, BLEU, ...) kept in OUT/scores.json by (checkpoint,
     temperature, what): a rerun that adds a recipe, or only rebuilds the tables, does not
-    sample the finished runs' 10,000 sequences per temperature again."""
+    sample the finished runs' 10,000 sequences per temperature again. The file is read at every
+    lookup, so scores forgotten by a run trained again (`forget`) are not served from memory."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.scores = json.loads(path.read_text()) if path.is_file() else {}
 
     def get(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        scores = self._load()
+        if key not in scores:
+            value = compute()
+            scores = {**self._load(), key: value}
+            self._save(scores)
+        return dict(scores[key])
+
+    def forget(self, run_dir: Path) -> None:
+        """Drop the scores of every checkpoint under `run_dir` (a run about to be trained again
+        writes its checkpoints to the same paths)."""
+        under = f" {Path(run_dir).resolve()}/"
+        scores = self._load()
+        kept = {key: value for key, value in scores.items() if under not in key}
+        if len(kept) < len(scores):
+            self._save(kept)
+
+    def _load(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def _save(self, scores: dict[str, Any]) -> None:
         from raygan.run.checkpoint import atomic_write_text
 
-        if key not in self.scores:
-            self.scores[key] = compute()
-            atomic_write_text(self.path, json.dumps(self.scores, indent=1, default=float))
-        return dict(self.scores[key])
+        atomic_write_text(self.path, json.dumps(scores, indent=1, default=float))
 
 
 # -- statistics ----------------------------------------------------------------------------------
