@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from raygan.core.frontier import curve_at, dominated, frontier_distance, pareto_front
-from raygan.core.metrics import d_accuracy_key, heldout_d_accuracy, pairwise_accuracy
-from raygan.core.models import Discriminator
+from raygan.core.metrics import (
+    d_accuracy_key,
+    d_log_ratio_correlation,
+    heldout_d_accuracy,
+    pairwise_accuracy,
+    rank_correlation,
+    sample_tokens,
+    sequence_nll,
+)
+from raygan.core.models import Discriminator, Generator, Oracle
 from tests.conftest import TINY
 
 # (NLL_test, NLL_oracle) of an MLE at T = 0.8, 0.9, 1.0, 1.1, 1.2: NLL_test is lowest at 1.1, so
@@ -93,3 +101,37 @@ def test_heldout_accuracy_runs_d_without_dropout_and_restores_its_mode():
     first = heldout_d_accuracy(disc, tokens, None, tokens.flip(0), None)
     assert disc.training
     assert heldout_d_accuracy(disc, tokens, None, tokens.flip(0), None) == first
+
+
+def test_rank_correlation_against_a_hand_computed_case():
+    # ranks (0, 1, 2) against (0, 2, 1): Pearson of the ranks is 0.5
+    assert rank_correlation(torch.tensor([1.0, 2, 3]), torch.tensor([10.0, 30, 20])) == pytest.approx(0.5)
+    assert rank_correlation(torch.arange(5.0), -torch.arange(5.0) ** 3) == pytest.approx(-1.0)
+
+
+class _Scores(torch.nn.Module):
+    """A D whose sequence logit is `score(tokens)`."""
+
+    def __init__(self, score):
+        super().__init__()
+        self.head, self.score = torch.nn.Linear(1, 1), score
+
+    def forward(self, tokens_BT, lengths_B=None):
+        logit_B = self.score(tokens_BT).float()
+        return logit_B[:, None].expand_as(tokens_BT.float()), logit_B
+
+
+def test_d_log_ratio_correlation_is_one_for_the_optimal_d_and_falls_without_it():
+    oracle = Oracle.random(vocab_size=TINY.vocab_size, max_len=TINY.max_len, embed_dim=8,
+                           hidden_dim=8, seed=3)  # fmt: skip
+    torch.manual_seed(0)
+    gen = Generator(TINY)
+    samples = sample_tokens(gen, 300, seed=1)
+    optimal = _Scores(lambda t: sequence_nll(gen, t) - sequence_nll(oracle, t))
+    assert d_log_ratio_correlation(optimal, gen, oracle, samples) == pytest.approx(1.0)
+    inverted = _Scores(lambda t: sequence_nll(oracle, t) - sequence_nll(gen, t))
+    assert d_log_ratio_correlation(inverted, gen, oracle, samples) == pytest.approx(-1.0)
+    # a D that tells sequences apart by their first token alone hardly ranks them as the truth
+    by_first = d_log_ratio_correlation(_ScoresByFirstToken(), gen, oracle, samples)
+    assert abs(by_first) < 0.5
+    assert gen.training  # G is scored in eval mode and left as it was

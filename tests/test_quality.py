@@ -99,9 +99,10 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
         assert seconds == sorted(seconds) and run["time_curve"][-1]["step"] >= steps
         d = run["d_accuracy"]
         if name.endswith("/constant"):  # D is never trained or scored in the control
-            assert set(d) == {"key"}
+            assert set(d) == {"key"} and "d_log_ratio" not in run
         else:
             assert 0 <= d["adversarial_mean"] <= 1 and 0 <= d["after_pretraining"] <= 1
+            assert -1 <= run["d_log_ratio"] <= 1
     assert runs["seqgan"]["sweep"] and "sweep" not in runs["seqgan/constant"]
     for recipe in ("seqgan", "ratio"):
         comparison = oracle["comparisons"][recipe]

@@ -31,7 +31,12 @@ from raygan.core.frontier import frontier_distance, pareto_front
 
 def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     from raygan.core.config import Config, apply_overrides
-    from raygan.core.metrics import nll_test, sample_tokens, training_overlap
+    from raygan.core.metrics import (
+        d_log_ratio_correlation,
+        nll_test,
+        sample_tokens,
+        training_overlap,
+    )
     from raygan.data.prepare import prepare_oracle
     from raygan.data.read import load_manifest, load_oracle, read_split
 
@@ -68,12 +73,26 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
             scores["copied"] = overlap["copied"]
         return scores
 
+    def d_signal(checkpoint: str, seed: int) -> float:
+        """The run's final D against the truth: its logit's rank correlation with the oracle's
+        log-ratio over G's samples (the samples of its T=1 score)."""
+        key = f"oracle-d {checkpoint} n={plan.eval_samples} seed={seed}"
+        return cache.get(key, lambda: {"d_log_ratio": _d_signal(checkpoint, seed)})["d_log_ratio"]
+
+    def _d_signal(checkpoint: str, seed: int) -> float:
+        from raygan.run.checkpoint import load_discriminator, load_generator
+
+        gen, _, _ = load_generator(checkpoint)
+        disc, _ = load_discriminator(checkpoint)
+        samples = sample_tokens(gen, plan.eval_samples, seed=seed + 11)
+        return d_log_ratio_correlation(disc, gen, oracle, samples)
+
     batch = apply_overrides(Config(), plan.train_overrides).schedule.batch_size
     steps_per_epoch = load_manifest(str(data_dir))["splits"]["train"]["rows"] // batch
     real_overlap = training_overlap(test_NT.tolist(), train_rows, n=OVERLAP_N)
     seeds: dict[str, dict[str, Any]] = {}  # by str(seed): the JSON's keys
     for seed in plan.seeds:
-        seeds[str(seed)] = _seed(plan, data_dir, seed, steps_per_epoch, score, log)
+        seeds[str(seed)] = _seed(plan, data_dir, seed, steps_per_epoch, score, d_signal, log)
     methods = ["mle", *plan.recipes]
     if plan.controls:
         methods += [control_name(r) for r in plan.recipes]
@@ -139,8 +158,11 @@ def nll_oracle_of(oracle, samples) -> float:
     return mean_token_nll(oracle, samples.tokens_BT)
 
 
-def _seed(plan: QualityPlan, data_dir: Path, seed: int, steps_per_epoch: int, score, log) -> dict:
-    """One seed: the MLE run and its curve, then every recipe and control, scored."""
+def _seed(
+    plan: QualityPlan, data_dir: Path, seed: int, steps_per_epoch: int, score, d_signal, log
+) -> dict:
+    """One seed: the MLE run and its curve, then every recipe and control, scored (a recipe's
+    final D too: `d_signal`)."""
     mle = train(plan, data_dir, f"oracle_mle_s{seed}",
                 mle_run_settings(plan, seed, steps_per_epoch, plan.mle_epochs), log)  # fmt: skip
     best, last = best_checkpoint(mle), mle["checkpoints"][-1]
@@ -176,6 +198,8 @@ def _seed(plan: QualityPlan, data_dir: Path, seed: int, steps_per_epoch: int, sc
                 "d_accuracy": d_accuracy(run["history"], run["settings"]),
                 "time_curve": time_curve(mle if start else None, start, run),
             }  # fmt: skip
+            if name == recipe:  # the control never trains its D
+                runs[name]["d_log_ratio"] = d_signal(run["checkpoint"], seed)
             if seed == plan.seeds[0] and name == recipe:
                 runs[name]["sweep"] = _sweep(lambda c, t, _: score(c, t, seed), run["checkpoint"],
                                              plan.gan_temperatures, runs[name])  # fmt: skip
@@ -237,7 +261,7 @@ def first_reach(curve: list[dict], goal: float) -> float | None:
 def _summary(seeds: dict[str, dict], method: str, goal: float | None) -> dict[str, Any]:
     runs = [s["runs"][method] for s in seeds.values() if method in s["runs"]]
     keys = ("nll_oracle", "nll_test", "distance", "distance_to_start", f"train_{OVERLAP_N}grams",
-            "wall_s")  # fmt: skip
+            "wall_s", "d_log_ratio")  # fmt: skip
     out: dict[str, Any] = {k: mean_std([r.get(k) for r in runs]) for k in keys}
     out["n"] = len(runs)
     curves = [r.get("time_curve") or [] for r in runs]

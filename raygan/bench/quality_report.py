@@ -73,15 +73,18 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
             method, s["n"], _pm(s["nll_oracle"]), _pm(s["nll_test"]), _pm(s["distance"]),
             _pm(s.get("distance_to_start")), _pm(s[f"train_{OVERLAP_N}grams"], 4),
             _pm(s.get("d_after_pretraining"), 2), _pm(s.get("d_adversarial_mean"), 2),
-            _pm(s.get("train_s_from_scratch"), 0), _goal_seconds(s),
+            _pm(s.get("d_log_ratio"), 2), _pm(s.get("train_s_from_scratch"), 0), _goal_seconds(s),
         ])  # fmt: skip
     header = ["model", "seeds", "NLL_oracle", "NLL_test", "distance", "to start",
               f"train {OVERLAP_N}-grams", "D acc after pretrain", "D acc adversarial",
-              "train s from scratch", f"s to ≤ {SEQGAN_GOAL}"]  # fmt: skip
+              "D ~ log-ratio", "train s from scratch", f"s to ≤ {SEQGAN_GOAL}"]  # fmt: skip
     lines += [markdown_table(header, rows), ""]
     lines += [
         "D acc: held-out accuracy (real test sequences vs fresh samples; pairwise for rsgan), "
-        "after D pretraining and averaged over the adversarial evaluations. Train s: training "
+        "after D pretraining and averaged over the adversarial evaluations. D ~ log-ratio: "
+        "the final D's logit against log p_oracle(x) - log p_G(x) over G's samples at T=1 "
+        "(Spearman; a D at its optimum scores 1, a D whose reward carries no information about "
+        "where G is wrong 0). Train s: training "
         "seconds from scratch (the MLE run's up to the recipe's start, then its own; "
         "evaluations and Ray start-up excluded). s to ≤ goal: per seed, the first evaluation "
         f"({plan['run_eval_samples']:,} samples) at or under {SEQGAN_GOAL} (— never).",

@@ -7,6 +7,9 @@
   (neither in D's training batches): the share of each on the right side of 0, their mean, and
   the pairwise accuracy (AUC: how often a real outscores a fake), which is the accuracy of a
   relativistic D (rsgan), whose logits have no fixed threshold.
+- D's log-ratio correlation (oracle data): the rank correlation, over G's samples, of D's logit
+  with log p_oracle(x) - log p_G(x), the logit of a D at its optimum: whether D's reward ranks
+  G's samples the way the truth does, which accuracy alone does not show.
 """
 
 from __future__ import annotations
@@ -139,6 +142,34 @@ def nll_test(
     """NLL_test: held-out real sequences under G (at `temperature`, the distribution G samples
     from there); padding after EOS is not counted."""
     return mean_token_nll(gen, tokens_BT, lengths_B, temperature)
+
+
+def rank_correlation(a_N: Tensor, b_N: Tensor) -> float:
+    """Spearman's rank correlation of two score vectors (ties broken by position: for
+    continuous scores such as logits and log-likelihoods)."""
+    ranks = torch.stack([a_N.argsort().argsort(), b_N.argsort().argsort()]).double()
+    return float(torch.corrcoef(ranks)[0, 1])
+
+
+@torch.no_grad()
+def d_log_ratio_correlation(disc: nn.Module, gen: nn.Module, oracle: Oracle, samples: Samples) -> float:
+    """Rank correlation, over G's `samples`, of D's sequence logit with the true log-ratio
+    log p_oracle(x) - log p_G(x) (what the logit of a D at its optimum equals, and the reward
+    whose REINFORCE gradient is -KL(G || oracle)'s). Near 0: D's reward does not tell G's better
+    samples from its worse ones, whatever its accuracy."""
+    tokens_BT, lengths_B = samples.tokens_BT, samples.lengths_B
+    log_ratio_B = sequence_nll(gen, tokens_BT, lengths_B) - sequence_nll(oracle, tokens_BT, lengths_B)
+    return rank_correlation(sequence_logits(disc, tokens_BT, lengths_B), log_ratio_B)
+
+
+def sequence_nll(model: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None) -> Tensor:
+    """Each sequence's NLL under `model` (B,), in eval mode, padding excluded."""
+    bare: Generator = unwrap(model)
+    was_training = bare.training
+    bare.eval()
+    nll_B = bare.token_nll(tokens_BT, lengths_B).double().sum(1)
+    bare.train(was_training)
+    return nll_B
 
 
 def frechet_distance(a_ND: np.ndarray, b_MD: np.ndarray) -> float:

@@ -137,3 +137,13 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu"):
     gen = Generator(config.model)
     gen.load_state_dict(state["generator"])
     return gen.to(device).eval(), config, meta
+
+
+def load_discriminator(path: str | Path):
+    """(Discriminator in eval mode, Config) from a checkpoint directory, on the CPU."""
+    from raygan.core.models import Discriminator
+
+    state, config, _ = load_checkpoint(path)
+    disc = Discriminator(config.model)
+    disc.load_state_dict(state["discriminator"])
+    return disc.eval(), config
