@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality-json", default="benchmarks/quality_recipes.json",
                         help="a scripts/bench_quality.py result whose runs are still in its --out")  # fmt: skip
     parser.add_argument("--recipe", default="ratio", help="whose G update runs (default ratio)")
-    parser.add_argument("--steps", type=int, default=300, help="G steps from each start")
-    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=100,
+                        help="G steps from each start (default 100: the `ratio` recipe's adv_steps)")
+    parser.add_argument("--eval-every", type=int, default=25)
 
 
 def measure(args: argparse.Namespace) -> dict:

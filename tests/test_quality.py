@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -38,11 +39,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location(
-        "bench_quality", ROOT / "scripts/bench_quality.py"
-    )
+    return _script_module("bench_quality")
+
+
+def _script_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"scripts/{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_quality", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -140,6 +143,25 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
     assert rerun["ratio"]["wall_s"] != runs["ratio"]["wall_s"]
     assert rerun["ratio"]["nll_oracle"] == pytest.approx(runs["ratio"]["nll_oracle"])  # same seed
     assert rerun["seqgan"]["wall_s"] == runs["seqgan"]["wall_s"]  # the others are reused
+
+    # scripts/bench_perfect_d.py runs the ratio update with the optimal D from every MLE start
+    # of this result, and writes its section from its JSON alone.
+    perfect = _script_module("bench_perfect_d")
+    pd_json, pd_md = tmp_path / "pd.json", tmp_path / "PD.md"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the result's --out is relative to where it ran
+    try:
+        argv = ["--smoke-test", "--quality-json", "q.json", "--json", str(pd_json)]
+        assert perfect.main(perfect.BENCH, "perfect D", argv) == 0
+    finally:
+        os.chdir(cwd)
+    pd = json.loads(pd_json.read_text())
+    starts = {r["start"] for r in rerun.values() if r.get("start")}
+    assert {r["start"] for r in pd["runs"]} == starts and len(pd["runs"]) == len(starts)
+    assert all(math.isfinite(r["nll_oracle"]) and r["steps"] == 3 for r in pd["runs"])
+    argv = ["--from-json", str(pd_json), "--markdown", str(pd_md)]
+    assert perfect.main(perfect.BENCH, "perfect D", argv) == 0
+    assert "perfect D" in pd_md.read_text() and "`ratio` (trained D)" in pd_md.read_text()
 
 
 def _expected_markdown(result: dict) -> str:
