@@ -30,10 +30,10 @@ from raygan.core.errors import RayganError  # noqa: E402
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality-json", default="benchmarks/quality_recipes.json",
-                        help="a scripts/bench_quality.py result whose runs are still in its --out")  # fmt: skip
+                        help="a bench_quality.py result whose runs are still in its --out")
     parser.add_argument("--recipe", default="ratio", help="whose G update runs (default ratio)")
     parser.add_argument("--steps", type=int, default=100,
-                        help="G steps from each start (default 100: the `ratio` recipe's adv_steps)")
+                        help="G steps from each start (default 100: `ratio`'s adv_steps)")
     parser.add_argument("--eval-every", type=int, default=25)
 
 
@@ -57,12 +57,18 @@ def measure(args: argparse.Namespace) -> dict:
     train_NT, _ = read_split(str(data_dir), "train")
     cfg = resolve_config(str(data_dir), {"recipe": args.recipe})
     gan_cfg, batch = cfg.gan, cfg.schedule.batch_size
+    if gan_cfg.estimator != "rollout":
+        raise RayganError(
+            f"recipe {args.recipe!r} uses the {gan_cfg.estimator} estimator; the optimal D "
+            "scores whole sequences, so it drives rollout updates only"
+        )
     small = args.smoke_test
     steps, eval_every = (3, 2) if small else (args.steps, args.eval_every)
     samples = quality["plan"]["eval_samples"]
     test = (torch.as_tensor(test_NT), torch.as_tensor(test_len_N))
     options = dict(oracle=oracle, test=test, train_BT=torch.as_tensor(train_NT), batch=batch,
-                   gan_cfg=gan_cfg, steps=steps, eval_every=eval_every, eval_samples=samples,
+                   gan_cfg=gan_cfg, steps=steps,
+                   eval_every=eval_every, eval_samples=samples,
                    curve_samples=min(2000, samples))  # fmt: skip
     runs = [run_update(start, **options) for start in starts]
     summary = {}
@@ -105,7 +111,8 @@ def render(result: dict) -> str:
         ])  # fmt: skip
         for name, t in s["trained_d"].items():
             trained_rows.append([f"`{name}` (trained D), from MLE step {step}",
-                                 _pm(t["distance_to_start"]), _pm(t["d_log_ratio"], 2)])  # fmt: skip
+                                 _pm(t["distance_to_start"]),
+                                 _pm(t["d_log_ratio"], 2)])  # fmt: skip
     lines = [
         f"**`{result['recipe']}`'s G update with a perfect D** (logit = log p_oracle(x) − log "
         f"p_G(x) of the live G): estimator {gan['estimator']}, reward {gan['reward']}, baseline "
@@ -124,7 +131,8 @@ def render(result: dict) -> str:
         "",
         markdown_table(["run", "to start", "D ~ log-ratio"], trained_rows),
         "",
-        f"Command: `{result['command']}` ({machine_line(result['machine'])}, {result['finished']}).",
+        f"Command: `{result['command']}` ({machine_line(result['machine'])}, "
+        f"{result['finished']}).",
     ]
     return "\n".join(lines)
 

@@ -105,7 +105,8 @@ def test_heldout_accuracy_runs_d_without_dropout_and_restores_its_mode():
 
 def test_rank_correlation_against_a_hand_computed_case():
     # ranks (0, 1, 2) against (0, 2, 1): Pearson of the ranks is 0.5
-    assert rank_correlation(torch.tensor([1.0, 2, 3]), torch.tensor([10.0, 30, 20])) == pytest.approx(0.5)
+    a, b = torch.tensor([1.0, 2, 3]), torch.tensor([10.0, 30, 20])
+    assert rank_correlation(a, b) == pytest.approx(0.5)
     assert rank_correlation(torch.arange(5.0), -torch.arange(5.0) ** 3) == pytest.approx(-1.0)
 
 

@@ -153,6 +153,8 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
     try:
         argv = ["--smoke-test", "--quality-json", "q.json", "--json", str(pd_json)]
         assert perfect.main(perfect.BENCH, "perfect D", argv) == 0
+        # a Gumbel recipe's update has no sequence to score: refused in one line
+        assert perfect.main(perfect.BENCH, "perfect D", [*argv, "--recipe", "relgan"]) == 2
     finally:
         os.chdir(cwd)
     pd = json.loads(pd_json.read_text())

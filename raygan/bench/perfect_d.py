@@ -87,10 +87,11 @@ def run_update(
     eval_samples: int,
     curve_samples: int,
 ) -> dict[str, Any]:
-    """`steps` G steps of `gan_cfg`'s update from `start` on batches of `batch` (real rows of
-    `train_BT` only set the batch's shape: the update samples G), D replaced by TrueLogRatio; NLL_oracle
-    and NLL_test every `eval_every` steps (`curve_samples` samples) and at the end
-    (`eval_samples`, the quality benchmark's own sampling seed), with its frontier distances."""
+    """`steps` G steps of `gan_cfg`'s update from `start`, each given a batch of `batch` rows of
+    `train_BT` as the trainer gives it (a rollout update draws its own `batch` samples of G and
+    uses the real rows for their shape only), D replaced by TrueLogRatio; NLL_oracle and
+    NLL_test every `eval_every` steps (`curve_samples` samples) and at the end (`eval_samples`,
+    the quality benchmark's own sampling seed), with its frontier distances."""
     from raygan.core.frontier import frontier_distance
     from raygan.core.gan import g_step
     from raygan.core.metrics import nll_oracle, nll_test

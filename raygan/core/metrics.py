@@ -152,14 +152,16 @@ def rank_correlation(a_N: Tensor, b_N: Tensor) -> float:
 
 
 @torch.no_grad()
-def d_log_ratio_correlation(disc: nn.Module, gen: nn.Module, oracle: Oracle, samples: Samples) -> float:
+def d_log_ratio_correlation(
+    disc: nn.Module, gen: nn.Module, oracle: Oracle, samples: Samples
+) -> float:
     """Rank correlation, over G's `samples`, of D's sequence logit with the true log-ratio
     log p_oracle(x) - log p_G(x) (what the logit of a D at its optimum equals, and the reward
     whose REINFORCE gradient is -KL(G || oracle)'s). Near 0: D's reward does not tell G's better
     samples from its worse ones, whatever its accuracy."""
     tokens_BT, lengths_B = samples.tokens_BT, samples.lengths_B
-    log_ratio_B = sequence_nll(gen, tokens_BT, lengths_B) - sequence_nll(oracle, tokens_BT, lengths_B)
-    return rank_correlation(sequence_logits(disc, tokens_BT, lengths_B), log_ratio_B)
+    nll_g_B, nll_oracle_B = (sequence_nll(m, tokens_BT, lengths_B) for m in (gen, oracle))
+    return rank_correlation(sequence_logits(disc, tokens_BT, lengths_B), nll_g_B - nll_oracle_B)
 
 
 def sequence_nll(model: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None) -> Tensor:
