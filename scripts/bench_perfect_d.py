@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from raygan.bench.harness import Benchmark, machine_line, main  # noqa: E402
 from raygan.bench.markdown import markdown_table  # noqa: E402
 from raygan.bench.quality import mean_std  # noqa: E402
+from raygan.bench.quality_report import _pm  # noqa: E402
 from raygan.core.errors import RayganError  # noqa: E402
 
 
@@ -89,14 +90,6 @@ def measure(args: argparse.Namespace) -> dict:
     return {"quality_json": str(path), "recipe": args.recipe, "steps": steps, "batch": batch,
             "eval_samples": samples, "gan": dataclasses.asdict(gan_cfg), "runs": runs,
             "summary": summary}  # fmt: skip
-
-
-def _pm(stat: dict | None, digits: int = 3) -> str:
-    if not stat or not stat.get("n"):
-        return "—"
-    if stat["n"] == 1:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def render(result: dict) -> str:

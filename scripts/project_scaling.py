@@ -5,8 +5,8 @@ network bandwidths: the tables of docs/scaling.md.
     python scripts/project_scaling.py            # print them
 
 Inputs, all measured and committed: one GPU's step times (benchmarks/gpu.json, scripts/
-bench_gpu.py) and the gradient bytes DDP all-reduces per update (the models' parameter counts, fp32
-gradients whatever the autocast). The reader's rows/s and prepare's MB/s per core, which
+bench_gpu.py) and the gradient bytes DDP all-reduces per update (the models' parameter counts,
+fp32 gradients whatever the autocast). The reader's rows/s and prepare's MB/s per core, which
 docs/scaling.md quotes in its prose, come from BENCHMARKS.md (scripts/bench_prepare.py).
 
 The model of a step with W workers, each with the measured single-GPU batch (weak scaling):

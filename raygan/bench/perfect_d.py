@@ -13,6 +13,7 @@ beside its table.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from raygan.bench.quality import finite_or_none
 from raygan.core.errors import RayganError
 
 
@@ -48,8 +50,6 @@ class TrueLogRatio(nn.Module):
 def starts_of(quality: dict[str, Any]) -> list[dict[str, Any]]:
     """Every MLE checkpoint a bench_quality result started a recipe from, per seed: its path,
     MLE step, the recipes that started there, and the seed's curves."""
-    import json
-
     oracle = quality.get("oracle")
     if not oracle:
         raise RayganError("the quality result has no oracle benchmark (it ran with --skip-oracle)")
@@ -126,11 +126,7 @@ def run_update(
         "seed": start["seed"], "recipes": start["recipes"], "mle_step": start["mle_step"],
         "start": start["start"], "steps": steps, "train_s": train_s, **final,
         "at_start": curve[0],
-        "distance": _finite(frontier_distance([tuple(p) for p in start["envelope"]], point)),
-        "distance_to_start": _finite(frontier_distance(start_points, point)),
+        "distance": finite_or_none(frontier_distance([tuple(p) for p in start["envelope"]], point)),
+        "distance_to_start": finite_or_none(frontier_distance(start_points, point)),
         "curve": curve,
     }  # fmt: skip
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

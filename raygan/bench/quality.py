@@ -290,8 +290,7 @@ class ScoreCache:
     def get(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         scores = self._load()
         if key not in scores:
-            value = compute()
-            scores = {**self._load(), key: value}
+            scores[key] = compute()
             self._save(scores)
         return dict(scores[key])
 

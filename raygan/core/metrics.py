@@ -116,16 +116,24 @@ def mean_token_nll(
 ) -> float:
     """Per-token mean NLL of `tokens_BT` under `model` (its softmax at `temperature`), averaged
     over all non-padding tokens."""
+    total = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT).sum()
+    return float(sequence_nll(model, tokens_BT, lengths_B, temperature).sum().cpu() / total)
+
+
+def sequence_nll(
+    model: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None, temperature: float = 1.0
+) -> Tensor:
+    """Each sequence's NLL (B,) under `model` (its softmax at `temperature`), in float64, padding
+    excluded; scored in eval mode, the model's mode restored."""
     bare: Generator = unwrap(model)
     was_training = bare.training
     bare.eval()
     tokens_BT = tokens_BT.to(bare.head.weight.device)
     if lengths_B is not None:
         lengths_B = lengths_B.to(tokens_BT.device)
-    nll_BT = bare.token_nll(tokens_BT, lengths_B, temperature=temperature)
+    nll_B = bare.token_nll(tokens_BT, lengths_B, temperature=temperature).double().sum(1)
     bare.train(was_training)
-    total = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT).sum()
-    return float(nll_BT.double().sum() / total)
+    return nll_B
 
 
 def nll_oracle(
@@ -162,16 +170,6 @@ def d_log_ratio_correlation(
     tokens_BT, lengths_B = samples.tokens_BT, samples.lengths_B
     nll_g_B, nll_oracle_B = (sequence_nll(m, tokens_BT, lengths_B) for m in (gen, oracle))
     return rank_correlation(sequence_logits(disc, tokens_BT, lengths_B), nll_g_B - nll_oracle_B)
-
-
-def sequence_nll(model: nn.Module, tokens_BT: Tensor, lengths_B: Tensor | None = None) -> Tensor:
-    """Each sequence's NLL under `model` (B,), in eval mode, padding excluded."""
-    bare: Generator = unwrap(model)
-    was_training = bare.training
-    bare.eval()
-    nll_B = bare.token_nll(tokens_BT, lengths_B).double().sum(1)
-    bare.train(was_training)
-    return nll_B
 
 
 def frechet_distance(a_ND: np.ndarray, b_MD: np.ndarray) -> float:
