@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from raygan.core import sampler
 from raygan.core.config import ModelConfig
 from raygan.core.errors import RayganError
-from raygan.core.metrics import mean_token_nll, sample_tokens
-from raygan.core.models import Discriminator, Generator, Oracle
+from raygan.core.metrics import mean_token_nll, sample_tokens, sequence_nll
+from raygan.core.models import Discriminator, Generator, Oracle, make_discriminator
 from raygan.core.sampler import filter_logits, sample_categorical
 from tests.conftest import TINY, TINY_TEXT, seqgan_oracle_path
 
@@ -289,3 +289,39 @@ def test_large_samples_take_nn_lstm_and_agree_with_the_cell(tiny_cfg, monkeypatc
     lstm = gen.sample(64, generator=torch.Generator().manual_seed(9)).tokens_BT
     assert len(calls) == tiny_cfg.max_len
     assert torch.equal(cell, lstm)
+
+
+def test_log_ratio_d_is_phi_minus_the_live_g_per_prefix():
+    cfg = dataclasses.replace(TINY_TEXT, d_form="log_ratio")
+    torch.manual_seed(0)
+    gen = Generator(cfg)
+    disc = make_discriminator(cfg, gen).eval()
+    samples = gen.sample(20, generator=torch.Generator().manual_seed(1))
+    tokens_BT, lengths_B = samples.tokens_BT, samples.lengths_B
+    assert lengths_B.min() < cfg.max_len  # some padding to ignore
+    prefix_BT, seq_B = disc(tokens_BT, lengths_B)
+    expected_B = sequence_nll(gen, tokens_BT, lengths_B) - sequence_nll(disc.lm, tokens_BT, lengths_B)
+    torch.testing.assert_close(seq_B.double(), expected_B, atol=1e-4, rtol=0)
+    first_B = sequence_nll(gen, tokens_BT[:, :1]) - sequence_nll(disc.lm, tokens_BT[:, :1])
+    torch.testing.assert_close(prefix_BT[:, 0].double(), first_B, atol=1e-4, rtol=0)
+    # D's parameters and state are phi's alone: its optimizer and checkpoint never hold G
+    assert all(name.startswith("lm.") for name in disc.state_dict())
+    assert not {id(p) for p in disc.parameters()} & {id(p) for p in gen.parameters()}
+    with torch.no_grad():  # G moves: the logit follows the live G
+        gen.head.bias.add_(torch.linspace(-2, 2, cfg.vocab_size))
+    assert not torch.allclose(disc(tokens_BT, lengths_B)[1], seq_B)
+    disc.init_from_generator(gen)  # phi := G: chance everywhere
+    assert disc(tokens_BT, lengths_B)[0].abs().max() < 1e-5
+    with pytest.raises(RayganError, match="token ids"):
+        disc(F.one_hot(tokens_BT, cfg.vocab_size).float())
+
+
+def test_log_ratio_d_refuses_what_has_no_likelihood():
+    from raygan.core.config import Config
+
+    with pytest.raises(RayganError, match="z_dim"):
+        dataclasses.replace(TINY, d_form="log_ratio", z_dim=2)
+    with pytest.raises(RayganError, match="estimator=gumbel"):
+        Config.from_dict({"d_form": "log_ratio", "estimator": "gumbel"})
+    with pytest.raises(RayganError, match="d_form must be one of classifier, log_ratio"):
+        dataclasses.replace(TINY, d_form="ratio")

@@ -24,6 +24,7 @@ REWARDS = ("prob", "log_prob", "logit")
 BASELINES = ("ema",)
 REDUCTIONS = ("mean", "sum")
 D_INITS = ("fresh", "generator")
+D_FORMS = ("classifier", "log_ratio")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +51,14 @@ class ModelConfig:
     d_layers: int = 1
     """Discriminator LSTM layers."""
     d_dropout: float = 0.25
-    """Dropout on the discriminator's embeddings and LSTM outputs."""
+    """Dropout on the discriminator's embeddings and LSTM outputs (classifier only)."""
+    d_form: str = "classifier"
+    """What D's logit is: classifier (an LSTM over the tokens with a logit head), or log_ratio,
+    log p_phi(x) - log p_G(x) with phi a language model of D's sizes and G the live generator
+    (scored without gradient). Trained by D's standard loss, log_ratio is noise-contrastive
+    estimation with G as the noise: at its optimum p_phi = p_data and the logit is the optimal
+    D's. It ranks G's own samples by how much likelier they are under phi than under G, which a
+    classifier has to learn from scratch. Token ids only (no gumbel estimator) and z_dim=0."""
     start_id: int = 0
     """Token fed to G at t=0: BOS for text corpora, 0 for the SeqGAN oracle."""
     eos_id: int | None = None
@@ -69,6 +77,12 @@ class ModelConfig:
             )
         if not 0.0 <= self.d_dropout < 1.0:
             raise RayganError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
+        _check_choice(self, "d_form", D_FORMS)
+        if self.d_form == "log_ratio" and self.z_dim:
+            raise RayganError(
+                f"d_form=log_ratio needs G's likelihood of a sequence, which a latent z "
+                f"(z_dim={self.z_dim}) makes intractable; set z_dim=0 or d_form=classifier"
+            )
         if (self.eos_id is None) != (self.pad_id is None):
             raise RayganError(
                 f"eos_id and pad_id must be set together, got eos_id={self.eos_id} "
@@ -310,6 +324,13 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.d_form == "log_ratio" and self.gan.estimator == "gumbel":
+            raise RayganError(
+                "d_form=log_ratio scores token ids by likelihood; estimator=gumbel feeds D soft "
+                "one-hots, which have none (use rollout, dense or constant, or d_form=classifier)"
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ corpora end each sequence with EOS and pad after it; every loss and metric masks
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -183,22 +184,7 @@ class Discriminator(nn.Module):
     def init_from_generator(self, gen: Generator) -> None:
         """Copy G's embedding and LSTM into D (Caccia et al. start D from the MLE language model):
         D then begins with features that already model the data; its head starts fresh."""
-        g, d = gen.cfg, self.cfg
-        mismatched = [
-            f"{name}: G {gv} vs D {dv}"
-            for name, gv, dv in (
-                ("embed_dim", g.g_embed_dim, d.d_embed_dim),
-                ("hidden_dim", g.g_hidden_dim, d.d_hidden_dim),
-                ("layers", g.g_layers, d.d_layers),
-            )
-            if gv != dv
-        ]
-        if mismatched or g.z_dim:
-            what = ", ".join(mismatched) if mismatched else f"G has z_dim={g.z_dim}"
-            raise RayganError(
-                f"d_init=generator needs D's sizes equal to G's and z_dim=0 ({what}); set "
-                "d_embed_dim/d_hidden_dim/d_layers to G's or d_init=fresh"
-            )
+        _check_sizes_match(gen.cfg, self.cfg)
         self.embed.load_state_dict(gen.embed.state_dict())
         self.lstm.load_state_dict(gen.lstm.state_dict())
 
@@ -221,6 +207,76 @@ class Discriminator(nn.Module):
         if lengths_B is None:
             return prefix_BT, prefix_BT[:, -1]
         return prefix_BT, prefix_BT.gather(1, (lengths_B - 1)[:, None])[:, 0]
+
+
+def _check_sizes_match(g: ModelConfig, d: ModelConfig) -> None:
+    mismatched = [
+        f"{name}: G {gv} vs D {dv}"
+        for name, gv, dv in (
+            ("embed_dim", g.g_embed_dim, d.d_embed_dim),
+            ("hidden_dim", g.g_hidden_dim, d.d_hidden_dim),
+            ("layers", g.g_layers, d.d_layers),
+        )
+        if gv != dv
+    ]
+    if mismatched or g.z_dim:
+        what = ", ".join(mismatched) if mismatched else f"G has z_dim={g.z_dim}"
+        raise RayganError(
+            f"d_init=generator needs D's sizes equal to G's and z_dim=0 ({what}); set "
+            "d_embed_dim/d_hidden_dim/d_layers to G's or d_init=fresh"
+        )
+
+
+class LogRatioDiscriminator(nn.Module):
+    """D as a density ratio: the logit after each prefix is sum_t log p_phi(x_t | x_<t) -
+    log p_G(x_t | x_<t), phi a language model of D's sizes, G the live generator.
+
+    Trained with the standard loss this is noise-contrastive estimation with G as the noise
+    distribution (Gutmann & Hyvarinen 2010): the optimum is p_phi = p_data, where the logit is
+    log p_data(x) - log p_G(x), the optimal D's. G's term is exact and costs D nothing to learn,
+    so D's ranking of G's own samples comes from phi's likelihood rather than from features a
+    classifier must discover. G is held outside the module's parameters (D's optimizer, state
+    and DDP reduction are phi's alone) and scored without gradient.
+    """
+
+    def __init__(self, cfg: ModelConfig, gen: Generator):
+        super().__init__()
+        self.cfg = cfg
+        self.lm = Generator(
+            dataclasses.replace(
+                cfg, g_embed_dim=cfg.d_embed_dim, g_hidden_dim=cfg.d_hidden_dim,
+                g_layers=cfg.d_layers, z_dim=0,
+            )
+        )  # fmt: skip
+        self._gen = (gen,)  # a tuple: not a submodule, so not in D's parameters or state
+
+    @property
+    def head(self) -> nn.Linear:
+        """phi's output layer: where D's outputs live (the metrics read its device)."""
+        return self.lm.head
+
+    @torch.no_grad()
+    def init_from_generator(self, gen: Generator) -> None:
+        """phi := G (same sizes needed): D's logit starts at 0 everywhere, chance."""
+        _check_sizes_match(gen.cfg, self.cfg)
+        self.lm.load_state_dict(gen.state_dict())
+
+    def forward(self, tokens_BT: Tensor, lengths_B: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(prefix_logits_BT, seq_logit_B), as Discriminator's; token ids only."""
+        if tokens_BT.is_floating_point():
+            raise RayganError("d_form=log_ratio scores token ids; it got soft one-hots")
+        with torch.no_grad():
+            g_BT = log_probs(self._gen[0], tokens_BT)
+        ratio_BT = (log_probs(self.lm, tokens_BT) - g_BT) * length_mask(
+            lengths_B, tokens_BT.shape[1], tokens_BT
+        )
+        prefix_BT = ratio_BT.cumsum(1)  # constant after a sequence's end
+        return prefix_BT, prefix_BT[:, -1]
+
+
+def make_discriminator(cfg: ModelConfig, gen: Generator) -> nn.Module:
+    """The D that `cfg.d_form` names; a log_ratio D scores sequences with `gen` (the bare G)."""
+    return LogRatioDiscriminator(cfg, gen) if cfg.d_form == "log_ratio" else Discriminator(cfg)
 
 
 # -- the oracle ---------------------------------------------------------------------------------

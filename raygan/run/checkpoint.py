@@ -140,10 +140,13 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def load_discriminator(path: str | Path):
-    """(Discriminator in eval mode, Config) from a checkpoint directory, on the CPU."""
-    from raygan.core.models import Discriminator
+    """(D in eval mode, Config) from a checkpoint directory, on the CPU; a log_ratio D scores
+    with the checkpoint's own G."""
+    from raygan.core.models import Generator, make_discriminator
 
     state, config, _ = load_checkpoint(path)
-    disc = Discriminator(config.model)
+    gen = Generator(config.model)
+    gen.load_state_dict(state["generator"])
+    disc = make_discriminator(config.model, gen.eval())
     disc.load_state_dict(state["discriminator"])
     return disc.eval(), config

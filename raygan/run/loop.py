@@ -38,7 +38,7 @@ from raygan.core.frontier import frontier_distance
 from raygan.core.gan import FakePool, adversarial_step, d_step, gumbel_beta, mle_step, set_lr
 from raygan.core.malloc import keep_freed_memory
 from raygan.core.metrics import d_accuracy_key
-from raygan.core.models import Discriminator, Generator, unwrap
+from raygan.core.models import Generator, make_discriminator, unwrap
 from raygan.core.sampler import RowStreams
 from raygan.data import storage
 from raygan.run.checkpoint import load_checkpoint, save_checkpoint
@@ -336,7 +336,8 @@ def _autocast(cfg: Config, device: torch.device):
 
 def build_models(cfg: Config):
     torch.manual_seed(cfg.schedule.seed)  # every rank starts from the same weights
-    gen, disc = Generator(cfg.model), Discriminator(cfg.model)
+    gen = Generator(cfg.model)
+    disc = make_discriminator(cfg.model, gen)
     betas = (cfg.gan.adam_beta1, 0.999)
     opt_mle = torch.optim.Adam(gen.parameters(), lr=cfg.gan.mle_lr, betas=betas)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.gan.g_lr, betas=betas)
