@@ -1,4 +1,5 @@
-"""Generator, Discriminator and Oracle: plain PyTorch, no distribution, no I/O beyond the oracle file.
+"""Generator, the two discriminators and Oracle: plain PyTorch, no distribution, no I/O beyond
+the oracle file.
 
 Shape legend: B=batch T=time V=vocab E=embed H=hidden L=layers Z=latent P=prefix R=rollout rows.
 A sequence holds `max_len` tokens; G is fed `start_id` at t=0 and token t-1 at step t. Variable-length
@@ -249,6 +250,7 @@ class LogRatioDiscriminator(nn.Module):
             )
         )  # fmt: skip
         self._gen = (gen,)  # a tuple: not a submodule, so not in D's parameters or state
+        self.chunk = 32  # rows scored at a time (a rollout step scores (T-1) x M x B of them)
 
     @property
     def head(self) -> nn.Linear:
@@ -265,11 +267,11 @@ class LogRatioDiscriminator(nn.Module):
         """(prefix_logits_BT, seq_logit_B), as Discriminator's; token ids only."""
         if tokens_BT.is_floating_point():
             raise RayganError("d_form=log_ratio scores token ids; it got soft one-hots")
+        parts = tokens_BT.split(self.chunk)  # (chunk*T, V) logits stay in cache: ~3x faster
         with torch.no_grad():
-            g_BT = log_probs(self._gen[0], tokens_BT)
-        ratio_BT = (log_probs(self.lm, tokens_BT) - g_BT) * length_mask(
-            lengths_B, tokens_BT.shape[1], tokens_BT
-        )
+            g_BT = torch.cat([log_probs(self._gen[0], part) for part in parts])
+        phi_BT = torch.cat([log_probs(self.lm, part) for part in parts])
+        ratio_BT = (phi_BT - g_BT) * length_mask(lengths_B, tokens_BT.shape[1], tokens_BT)
         prefix_BT = ratio_BT.cumsum(1)  # constant after a sequence's end
         return prefix_BT, prefix_BT[:, -1]
 
