@@ -300,8 +300,12 @@ def test_log_ratio_d_is_phi_minus_the_live_g_per_prefix():
     tokens_BT, lengths_B = samples.tokens_BT, samples.lengths_B
     assert lengths_B.min() < cfg.max_len  # some padding to ignore
     prefix_BT, seq_B = disc(tokens_BT, lengths_B)
-    expected_B = sequence_nll(gen, tokens_BT, lengths_B) - sequence_nll(disc.lm, tokens_BT, lengths_B)
+    expected_B = sequence_nll(gen, tokens_BT, lengths_B) - sequence_nll(
+        disc.lm, tokens_BT, lengths_B
+    )
     torch.testing.assert_close(seq_B.double(), expected_B, atol=1e-4, rtol=0)
+    disc.chunk = 7  # scored in chunks that do not divide the batch: the same logits
+    torch.testing.assert_close(disc(tokens_BT, lengths_B), (prefix_BT, seq_B))
     first_B = sequence_nll(gen, tokens_BT[:, :1]) - sequence_nll(disc.lm, tokens_BT[:, :1])
     torch.testing.assert_close(prefix_BT[:, 0].double(), first_B, atol=1e-4, rtol=0)
     # D's parameters and state are phi's alone: its optimizer and checkpoint never hold G
