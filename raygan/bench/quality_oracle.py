@@ -80,10 +80,9 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
         return cache.get(key, lambda: {"d_log_ratio": _d_signal(checkpoint, seed)})["d_log_ratio"]
 
     def _d_signal(checkpoint: str, seed: int) -> float:
-        from raygan.run.checkpoint import load_discriminator, load_generator
+        from raygan.run.checkpoint import load_discriminator
 
-        gen, _, _ = load_generator(checkpoint)
-        disc, _ = load_discriminator(checkpoint)
+        disc, gen, _ = load_discriminator(checkpoint)
         samples = sample_tokens(gen, plan.eval_samples, seed=seed + 11)
         return d_log_ratio_correlation(disc, gen, oracle, samples)
 

@@ -140,8 +140,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def load_discriminator(path: str | Path):
-    """(D in eval mode, Config) from a checkpoint directory, on the CPU; a log_ratio D scores
-    with the checkpoint's own G."""
+    """(D, G, Config) from a checkpoint directory, both nets in eval mode on the CPU, read
+    once; a log_ratio D scores with this G."""
     from raygan.core.models import Generator, make_discriminator
 
     state, config, _ = load_checkpoint(path)
@@ -149,4 +149,4 @@ def load_discriminator(path: str | Path):
     gen.load_state_dict(state["generator"])
     disc = make_discriminator(config.model, gen.eval())
     disc.load_state_dict(state["discriminator"])
-    return disc.eval(), config
+    return disc.eval(), gen, config
