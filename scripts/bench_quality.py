@@ -54,6 +54,7 @@ SMALL = {
         "scratchgan": {**_TINY_STEPS, "d_pretrain_steps": 0, "batch_size": 64, "mle_steps": 8},
         "ratio": {**_TINY_STEPS, "mle_steps": 32},
         "nce": {**_TINY_STEPS, "mle_steps": 32},
+        "nce_mix": {**_TINY_STEPS, "mle_steps": 32, "d_mle_steps": 2},
     },
     "text_mle_epochs": 2,
     "text_max_len": 10,

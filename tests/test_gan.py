@@ -13,6 +13,7 @@ from raygan.core.errors import RayganError
 from raygan.core.gan import (
     FakePool,
     adversarial_step,
+    d_mle_step,
     d_step,
     discounted_returns,
     g_step,
@@ -375,3 +376,33 @@ def test_a_log_ratio_d_learns_the_optimal_ds_ranking_by_its_standard_loss():
                                   sample_tokens(gen, 1000, seed=7).tokens_BT, None)  # fmt: skip
     assert after >= 0.7 and after > before + 0.2, (before, after)
     assert held_out["d_acc"] >= 0.85, held_out
+
+
+@pytest.mark.parametrize("experts", [1, 2])
+def test_d_mle_step_is_each_experts_maximum_likelihood_step_and_leaves_g_alone(experts):
+    """D's MLE pretraining step on a log_ratio D is G's own mle_step applied to each of phi's
+    experts: the mean of their losses, the same parameters after it (through D's forward, so
+    DDP's wrapper sees it)."""
+    cfg = dataclasses.replace(TINY, d_form="log_ratio", d_experts=experts)
+    torch.manual_seed(0)
+    gen = Generator(cfg)
+    disc = make_discriminator(cfg, gen)
+    twins = [Generator(cfg) for _ in disc.experts]
+    for twin, lm in zip(twins, disc.experts, strict=True):
+        twin.load_state_dict(lm.state_dict())
+    g_before = _snapshot(gen)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    opt_twins = [torch.optim.Adam(twin.parameters(), lr=1e-2) for twin in twins]
+    real_BT = sample_tokens(Oracle.random(vocab_size=cfg.vocab_size, max_len=cfg.max_len,
+                                          embed_dim=8, hidden_dim=8, seed=3), 64, seed=4).tokens_BT
+    losses = []
+    for batch in [*real_BT.split(16)] * 3:
+        losses.append(d_mle_step(disc, opt_d, batch, lr=1e-2, grad_clip=0.05)["d_mle_loss"])
+        expected = [mle_step(t, o, batch, lr=1e-2, grad_clip=0.05)["mle_loss"]
+                    for t, o in zip(twins, opt_twins, strict=True)]  # each clipped on its own
+        assert losses[-1] == pytest.approx(sum(expected) / experts, rel=1e-6)
+    for twin, lm in zip(twins, disc.experts, strict=True):
+        for name, value in twin.state_dict().items():
+            torch.testing.assert_close(lm.state_dict()[name], value)
+    assert losses[-1] < losses[0] - 0.1  # phi learned the rows
+    assert all(torch.equal(a, b) for a, b in zip(g_before, _snapshot(gen), strict=True))

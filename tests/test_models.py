@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -320,6 +321,32 @@ def test_log_ratio_d_is_phi_minus_the_live_g_per_prefix():
         disc(F.one_hot(tokens_BT, cfg.vocab_size).float())
 
 
+def test_a_mixture_phi_scores_the_mean_of_its_experts_likelihoods_per_prefix():
+    cfg = dataclasses.replace(TINY_TEXT, d_form="log_ratio", d_experts=3)
+    torch.manual_seed(0)
+    gen = Generator(cfg)
+    disc = make_discriminator(cfg, gen).eval()
+    samples = gen.sample(20, generator=torch.Generator().manual_seed(1))
+    tokens_BT, lengths_B = samples.tokens_BT, samples.lengths_B
+    prefix_BT, seq_B = disc(tokens_BT, lengths_B)
+
+    def mixture(tokens, lengths=None):  # log mean_k p_k(x), from each expert's own likelihood
+        nll_KB = torch.stack([sequence_nll(lm, tokens, lengths) for lm in disc.experts])
+        return torch.logsumexp(-nll_KB, 0) - math.log(3)
+
+    expected_B = mixture(tokens_BT, lengths_B) + sequence_nll(gen, tokens_BT, lengths_B)
+    torch.testing.assert_close(seq_B.double(), expected_B, atol=1e-4, rtol=0)
+    for t in (1, 4):  # a prefix's logit is the mixture's likelihood of that prefix
+        prefix = (tokens_BT[:, :t], lengths_B.clamp(max=t))  # ended rows keep their whole logit
+        expected = mixture(*prefix) + sequence_nll(gen, *prefix)
+        torch.testing.assert_close(prefix_BT[:, t - 1].double(), expected, atol=1e-4, rtol=0)
+    assert len({float(lm.head.weight.detach().sum()) for lm in disc.experts}) == 3  # own initialisations
+    assert {name.split(".")[0] for name in disc.state_dict()} == {"lm", "more"}
+    assert disc(tokens_BT, lm=True).shape == (3, 20, cfg.max_len, cfg.vocab_size)
+    disc.init_from_generator(gen)  # every expert := G: chance everywhere
+    assert disc(tokens_BT, lengths_B)[0].abs().max() < 1e-5
+
+
 def test_log_ratio_d_refuses_what_has_no_likelihood():
     from raygan.core.config import Config
 
@@ -329,3 +356,9 @@ def test_log_ratio_d_refuses_what_has_no_likelihood():
         Config.from_dict({"d_form": "log_ratio", "estimator": "gumbel"})
     with pytest.raises(RayganError, match="d_form must be one of classifier, log_ratio"):
         dataclasses.replace(TINY, d_form="ratio")
+    with pytest.raises(RayganError, match=r"d_experts=2 mixes D's language models.*d_experts=1"):
+        dataclasses.replace(TINY, d_experts=2)
+    with pytest.raises(RayganError, match=r"d_mle_steps=5 trains D's language model.*set d_mle_s"):
+        Config.from_dict({"d_mle_steps": 5})  # the classifier has no likelihood to maximise
+    with pytest.raises(RayganError, match="d_mle_steps=5 are counted inside d_pretrain_steps=4"):
+        Config.from_dict({"d_form": "log_ratio", "d_mle_steps": 5, "d_pretrain_steps": 4})

@@ -460,6 +460,7 @@ def _recipe_at_test_size(name: str) -> dict:
     return {
         "recipe": name, **TINY_TRAIN, "estimator": keys["estimator"], "loss": keys["loss"],
         "d_pretrain_steps": min(keys.get("d_pretrain_steps", 0), 3), "adv_steps": 3,
+        "d_mle_steps": min(keys.get("d_mle_steps", 0), 2),
         "eval_every": 3, "d_steps": min(keys.get("d_steps", 1), 2),
         "d_pretrain_pool": 16 if keys.get("d_pretrain_pool") else 0, "d_pretrain_refresh": 2,
     }  # fmt: skip

@@ -59,6 +59,10 @@ class ModelConfig:
     estimation with G as the noise: at its optimum p_phi = p_data and the logit is the optimal
     D's. It ranks G's own samples by how much likelier they are under phi than under G, which a
     classifier has to learn from scratch. Token ids only (no gumbel estimator) and z_dim=0."""
+    d_experts: int = 1
+    """log_ratio only: phi is the equal mixture of this many language models of D's sizes, each
+    from its own initialisation (p_phi = mean_k p_k); a mixture of separately trained models
+    is a better density than any one of them, at K times phi's cost."""
     start_id: int = 0
     """Token fed to G at t=0: BOS for text corpora, 0 for the SeqGAN oracle."""
     eos_id: int | None = None
@@ -69,7 +73,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "g_embed_dim", "g_hidden_dim", "g_layers"):
             _check_positive(self, name)
-        for name in ("d_embed_dim", "d_hidden_dim", "d_layers"):
+        for name in ("d_embed_dim", "d_hidden_dim", "d_layers", "d_experts"):
             _check_positive(self, name)
         if self.z_dim < 0 or self.g_init_std < 0:
             raise RayganError(
@@ -78,6 +82,11 @@ class ModelConfig:
         if not 0.0 <= self.d_dropout < 1.0:
             raise RayganError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
         _check_choice(self, "d_form", D_FORMS)
+        if self.d_experts > 1 and self.d_form != "log_ratio":
+            raise RayganError(
+                f"d_experts={self.d_experts} mixes D's language models, which only "
+                f"d_form=log_ratio has (got d_form={self.d_form!r}); set d_experts=1"
+            )
         if self.d_form == "log_ratio" and self.z_dim:
             raise RayganError(
                 f"d_form=log_ratio needs G's likelihood of a sequence, which a latent z "
@@ -210,6 +219,11 @@ class ScheduleConfig:
     """Discriminator steps on G's samples before adversarial training (the cap, when
     d_pretrain_until_acc ends it earlier). Without them the adversarial phase starts against
     an untrained D, whose rewards are noise."""
+    d_mle_steps: int = 0
+    """The first steps of D pretraining that train a log_ratio D's language model phi by
+    maximum likelihood on real rows (at mle_lr, G's MLE lr), before its noise-contrastive steps
+    (at D's lr): phi's optimum under both is p_data, and MLE gets there with a full-softmax
+    gradient per token. Counted inside d_pretrain_steps; 0 skips it."""
     d_pretrain_pool: int = 0
     """G samples D pretraining draws its fakes from, regenerated every d_pretrain_refresh steps
     (SeqGAN's rounds: 10,000 negatives, 3 epochs each); 0 draws fresh samples at every step."""
@@ -240,9 +254,14 @@ class ScheduleConfig:
             raise RayganError(
                 f"d_pretrain_until_acc must be in [0, 1), got {self.d_pretrain_until_acc}"
             )
-        for name in ("mle_steps", "d_pretrain_steps", "adv_steps"):
+        for name in ("mle_steps", "d_pretrain_steps", "d_mle_steps", "adv_steps"):
             if getattr(self, name) < 0:
                 raise RayganError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.d_mle_steps > self.d_pretrain_steps:
+            raise RayganError(
+                f"d_mle_steps={self.d_mle_steps} are counted inside d_pretrain_steps="
+                f"{self.d_pretrain_steps}; raise d_pretrain_steps or lower d_mle_steps"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -330,6 +349,11 @@ class Config:
             raise RayganError(
                 "d_form=log_ratio scores token ids by likelihood; estimator=gumbel feeds D soft "
                 "one-hots, which have none (use rollout, dense or constant, or d_form=classifier)"
+            )
+        if self.schedule.d_mle_steps and self.model.d_form != "log_ratio":
+            raise RayganError(
+                f"d_mle_steps={self.schedule.d_mle_steps} trains D's language model, which only "
+                f"d_form=log_ratio has (got d_form={self.model.d_form!r}); set d_mle_steps=0"
             )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

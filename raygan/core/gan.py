@@ -98,16 +98,52 @@ def mle_step(
     """Teacher-forced maximum likelihood on a batch; padding excluded from the mean."""
     check_batch(tokens_BT, unwrap(gen).cfg)
     gen.train()
-    logits_BTV = gen(tokens_BT)
-    targets_BT = tokens_BT
-    if lengths_B is not None:  # padding is ignored by the loss, not counted in the mean
-        padding_BT = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT) == 0
-        targets_BT = tokens_BT.masked_fill(padding_BT, -100)
-    loss = F.cross_entropy(
-        logits_BTV.flatten(0, 1).float(), targets_BT.flatten(), ignore_index=-100
-    )
+    loss = _teacher_forced_nll(gen(tokens_BT), tokens_BT, lengths_B)
     norm = _update(gen, optimizer, loss, lr=lr, grad_clip=grad_clip)
     return {"mle_loss": float(loss.detach()), "g_grad_norm": norm}
+
+
+def d_mle_step(
+    disc: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokens_BT: Tensor,
+    lengths_B: Tensor | None = None,
+    *,
+    lr: float,
+    grad_clip: float = 5.0,
+) -> dict[str, float]:
+    """Teacher-forced maximum likelihood of a log_ratio D's language model phi on real rows;
+    with d_experts > 1 each expert takes its own MLE step (its own loss's gradient, clipped on
+    its own), so each becomes a model of the data rather than a specialised component.
+
+    phi's optimum under D's own (noise-contrastive) loss is p_data too, which MLE reaches with
+    no negatives and a full-softmax gradient per token: `d_mle_steps` start D pretraining here."""
+    check_batch(tokens_BT, unwrap(disc).cfg)
+    disc.train()
+    set_lr(optimizer, lr)
+    optimizer.zero_grad(set_to_none=True)
+    losses_K = torch.stack(
+        [_teacher_forced_nll(logits_BTV, tokens_BT, lengths_B)
+         for logits_BTV in disc(tokens_BT, lm=True)]
+    )  # fmt: skip
+    losses_K.sum().backward()
+    norms = [
+        float(torch.nn.utils.clip_grad_norm_(lm.parameters(), grad_clip or float("inf")))
+        for lm in unwrap(disc).experts
+    ]
+    optimizer.step()
+    return {"d_mle_loss": float(losses_K.detach().mean()), "d_grad_norm": max(norms)}
+
+
+def _teacher_forced_nll(logits_BTV: Tensor, tokens_BT: Tensor, lengths_B: Tensor | None) -> Tensor:
+    """Mean cross-entropy per real token; padding is ignored, not counted in the mean."""
+    targets_BT = tokens_BT
+    if lengths_B is not None:
+        padding_BT = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT) == 0
+        targets_BT = tokens_BT.masked_fill(padding_BT, -100)
+    return F.cross_entropy(
+        logits_BTV.flatten(0, 1).float(), targets_BT.flatten(), ignore_index=-100
+    )
 
 
 # -- discriminator -----------------------------------------------------------------------------

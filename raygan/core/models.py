@@ -9,6 +9,7 @@ corpora end each sequence with EOS and pad after it; every loss and metric masks
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -238,19 +239,28 @@ class LogRatioDiscriminator(nn.Module):
     so D's ranking of G's own samples comes from phi's likelihood rather than from features a
     classifier must discover. G is held outside the module's parameters (D's optimizer, state
     and DDP reduction are phi's alone) and scored without gradient.
+
+    With `d_experts` K > 1, phi is the equal mixture of K such language models from their own
+    initialisations, p_phi(x) = mean_k p_k(x), scored exactly per prefix: log p_phi(x_<=t) =
+    logsumexp_k log p_k(x_<=t) - log K. `lm` is the first of them and `more` holds the rest, so
+    a one-model D keeps its checkpoint layout.
     """
 
     def __init__(self, cfg: ModelConfig, gen: Generator):
         super().__init__()
         self.cfg = cfg
-        self.lm = Generator(
-            dataclasses.replace(
-                cfg, g_embed_dim=cfg.d_embed_dim, g_hidden_dim=cfg.d_hidden_dim,
-                g_layers=cfg.d_layers, z_dim=0,
-            )
+        lm_cfg = dataclasses.replace(
+            cfg, g_embed_dim=cfg.d_embed_dim, g_hidden_dim=cfg.d_hidden_dim,
+            g_layers=cfg.d_layers, z_dim=0,
         )  # fmt: skip
+        self.lm = Generator(lm_cfg)
+        self.more = nn.ModuleList(Generator(lm_cfg) for _ in range(cfg.d_experts - 1))
         self._gen = (gen,)  # a tuple: not a submodule, so not in D's parameters or state
         self.chunk = 32  # rows scored at a time (a rollout step scores (T-1) x M x B of them)
+
+    @property
+    def experts(self) -> list[Generator]:
+        return [self.lm, *self.more]
 
     @property
     def head(self) -> nn.Linear:
@@ -261,18 +271,29 @@ class LogRatioDiscriminator(nn.Module):
     def init_from_generator(self, gen: Generator) -> None:
         """phi := G (same sizes needed): D's logit starts at 0 everywhere, chance."""
         _check_sizes_match(gen.cfg, self.cfg)
-        self.lm.load_state_dict(gen.state_dict())
+        for lm in self.experts:
+            lm.load_state_dict(gen.state_dict())
 
-    def forward(self, tokens_BT: Tensor, lengths_B: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(prefix_logits_BT, seq_logit_B), as Discriminator's; token ids only."""
+    def forward(
+        self, tokens_BT: Tensor, lengths_B: Tensor | None = None, *, lm: bool = False
+    ) -> tuple[Tensor, Tensor] | Tensor:
+        """(prefix_logits_BT, seq_logit_B), as Discriminator's; token ids only.
+
+        With `lm`, every expert's teacher-forced next-token logits (K, B, T, V) instead: the
+        call D's maximum-likelihood pretraining (`d_mle_steps`) makes through a DDP wrapper."""
+        if lm:
+            return torch.stack([expert(tokens_BT) for expert in self.experts])
         if tokens_BT.is_floating_point():
             raise RayganError("d_form=log_ratio scores token ids; it got soft one-hots")
         parts = tokens_BT.split(self.chunk)  # (chunk*T, V) logits stay in cache: ~3x faster
-        with torch.no_grad():
-            g_BT = torch.cat([log_probs(self._gen[0], part) for part in parts])
-        phi_BT = torch.cat([log_probs(self.lm, part) for part in parts])
-        ratio_BT = (phi_BT - g_BT) * length_mask(lengths_B, tokens_BT.shape[1], tokens_BT)
-        prefix_BT = ratio_BT.cumsum(1)  # constant after a sequence's end
+        mask_BT = length_mask(lengths_B, tokens_BT.shape[1], tokens_BT)
+        with torch.no_grad():  # prefix log-likelihoods: constant after a sequence's end
+            g_BT = (torch.cat([log_probs(self._gen[0], part) for part in parts]) * mask_BT).cumsum(1)
+        phi_KBT = torch.stack(
+            [torch.cat([log_probs(expert, part) for part in parts]) for expert in self.experts]
+        )
+        phi_BT = (phi_KBT * mask_BT).cumsum(2).logsumexp(0) - math.log(len(self.experts))
+        prefix_BT = phi_BT - g_BT
         return prefix_BT, prefix_BT[:, -1]
 
 

@@ -35,7 +35,15 @@ from torch import nn
 from raygan.core.config import Config
 from raygan.core.errors import RayganError
 from raygan.core.frontier import frontier_distance
-from raygan.core.gan import FakePool, adversarial_step, d_step, gumbel_beta, mle_step, set_lr
+from raygan.core.gan import (
+    FakePool,
+    adversarial_step,
+    d_mle_step,
+    d_step,
+    gumbel_beta,
+    mle_step,
+    set_lr,
+)
 from raygan.core.malloc import keep_freed_memory
 from raygan.core.metrics import d_accuracy_key
 from raygan.core.models import Generator, make_discriminator, unwrap
@@ -437,6 +445,10 @@ def train_loop(run: RunSpec, ctx: WorkerContext) -> dict[str, Any]:
             if phase == "mle":
                 stats = mle_step(
                     gen, opt_mle, *next(batches), lr=cfg.gan.mle_lr, grad_clip=cfg.gan.grad_clip
+                )
+            elif phase == "d_pretrain" and step - phase_start < cfg.schedule.d_mle_steps:
+                stats = d_mle_step(
+                    disc, opt_d, *next(batches), lr=cfg.gan.mle_lr, grad_clip=cfg.gan.grad_clip
                 )
             elif phase == "d_pretrain":
                 fakes = None
