@@ -61,8 +61,8 @@ class ModelConfig:
     classifier has to learn from scratch. Token ids only (no gumbel estimator) and z_dim=0."""
     d_experts: int = 1
     """log_ratio only: phi is the equal mixture of this many language models of D's sizes, each
-    from its own initialisation (p_phi = mean_k p_k); a mixture of separately trained models
-    is a better density than any one of them, at K times phi's cost."""
+    from its own initialisation (p_phi = mean_k p_k): a mixture's log-likelihood of any
+    sequence is at least the mean of its members' (Jensen), at K times phi's cost."""
     start_id: int = 0
     """Token fed to G at t=0: BOS for text corpora, 0 for the SeqGAN oracle."""
     eos_id: int | None = None
@@ -223,7 +223,8 @@ class ScheduleConfig:
     """The first steps of D pretraining that train a log_ratio D's language model phi by
     maximum likelihood on real rows (at mle_lr, G's MLE lr), before its noise-contrastive steps
     (at D's lr): phi's optimum under both is p_data, and MLE gets there with a full-softmax
-    gradient per token. Counted inside d_pretrain_steps; 0 skips it."""
+    gradient per token. Counted inside d_pretrain_steps (all of them when d_pretrain_steps is
+    smaller, so d_pretrain_steps=0 still skips D pretraining); 0 skips it."""
     d_pretrain_pool: int = 0
     """G samples D pretraining draws its fakes from, regenerated every d_pretrain_refresh steps
     (SeqGAN's rounds: 10,000 negatives, 3 epochs each); 0 draws fresh samples at every step."""
@@ -257,11 +258,6 @@ class ScheduleConfig:
         for name in ("mle_steps", "d_pretrain_steps", "d_mle_steps", "adv_steps"):
             if getattr(self, name) < 0:
                 raise RayganError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.d_mle_steps > self.d_pretrain_steps:
-            raise RayganError(
-                f"d_mle_steps={self.d_mle_steps} are counted inside d_pretrain_steps="
-                f"{self.d_pretrain_steps}; raise d_pretrain_steps or lower d_mle_steps"
-            )
 
     @property
     def total_steps(self) -> int:
