@@ -71,3 +71,15 @@ def test_a_tune_space_can_start_from_a_recipe(oracle_data, tmp_path):
     config = load_space(space, data_kind="oracle").trial_config(oracle_data)
     assert config.schedule.recipe == "seqgan" and config.gan.pg_reduction == "sum"
     assert config.schedule.adv_steps == 4  # the space's own keys override the recipe
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_recipes_constant_control_skips_d_pretraining(name):
+    """The benchmarks' control: the recipe with a constant reward and d_pretrain_steps=0 (a
+    recipe's d_mle_steps count inside D pretraining, so they stop with it)."""
+    from raygan.run.loop import phase_of
+
+    config = apply_overrides(Config(), {"recipe": name, "estimator": "constant",
+                                        "d_pretrain_steps": 0})  # fmt: skip
+    phases = {phase_of(step, config)[0] for step in range(config.schedule.total_steps)}
+    assert "d_pretrain" not in phases and "adversarial" in phases
