@@ -41,14 +41,20 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _update(model: nn.Module, optimizer, loss: Tensor, *, lr: float, grad_clip: float) -> float:
-    """Backward, clip, step; returns the gradient norm before clipping."""
+def _update(
+    model: nn.Module, optimizer, loss: Tensor, *, lr: float, grad_clip: float, parts=None
+) -> float:
+    """Backward, clip, step; returns the gradient norm before clipping. With `parts` (modules
+    of `model`), each is clipped on its own and the largest norm is returned."""
     set_lr(optimizer, lr)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    norm = max(
+        float(torch.nn.utils.clip_grad_norm_(part.parameters(), grad_clip or float("inf")))
+        for part in (parts or [model])
+    )
     optimizer.step()
-    return float(norm)
+    return norm
 
 
 def _no_sync(model: nn.Module):
@@ -120,19 +126,13 @@ def d_mle_step(
     no negatives and a full-softmax gradient per token: `d_mle_steps` start D pretraining here."""
     check_batch(tokens_BT, unwrap(disc).cfg)
     disc.train()
-    set_lr(optimizer, lr)
-    optimizer.zero_grad(set_to_none=True)
     losses_K = torch.stack(
         [_teacher_forced_nll(logits_BTV, tokens_BT, lengths_B)
          for logits_BTV in disc(tokens_BT, lm=True)]
     )  # fmt: skip
-    losses_K.sum().backward()
-    norms = [
-        float(torch.nn.utils.clip_grad_norm_(lm.parameters(), grad_clip or float("inf")))
-        for lm in unwrap(disc).experts
-    ]
-    optimizer.step()
-    return {"d_mle_loss": float(losses_K.detach().mean()), "d_grad_norm": max(norms)}
+    norm = _update(disc, optimizer, losses_K.sum(), lr=lr, grad_clip=grad_clip,
+                   parts=unwrap(disc).experts)  # fmt: skip
+    return {"d_mle_loss": float(losses_K.detach().mean()), "d_grad_norm": norm}
 
 
 def _teacher_forced_nll(logits_BTV: Tensor, tokens_BT: Tensor, lengths_B: Tensor | None) -> Tensor:
