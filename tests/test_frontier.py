@@ -12,6 +12,7 @@ from raygan.core.metrics import (
     d_accuracy_key,
     d_log_ratio_correlation,
     heldout_d_accuracy,
+    novel_rows,
     pairwise_accuracy,
     rank_correlation,
     sample_tokens,
@@ -61,6 +62,18 @@ def test_dominance_uses_the_reference_curve_between_its_points():
     assert not dominated([(1.9, 9.9)], mle)  # below the segment: a better trade-off
     assert not dominated([(3.5, 9.5), (0.5, 12.0)], mle)  # one point beyond MLE's reach
     assert dominated([(3.0, 9.0)], mle)  # equal counts as matched
+
+
+def test_novel_rows_are_the_samples_without_a_training_ngram():
+    training = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 9]]
+    samples = [
+        [0, 1, 2, 3, 4],  # ends with 1 2 3 4: a training 4-gram
+        [0, 1, 2, 3, 0],  # 1 2 3 and 2 3 0: training 3-grams only
+        [9, 6, 7, 8, 9],  # 6 7 8 9 across the middle
+        [5, 4, 3, 2, 1],  # the reverse of one: nothing
+    ]
+    assert novel_rows(samples, training, n=4) == [False, True, False, True]
+    assert novel_rows(samples, training, n=3) == [False, False, False, True]
 
 
 def test_pairwise_accuracy_counts_ties_as_half():

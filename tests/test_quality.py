@@ -73,6 +73,7 @@ def _run_small(tmp_path: Path, *extra: str) -> tuple[dict, Path, Path]:
 SMALL_ARGS = ("--seeds", "0", "--recipes", "seqgan,ratio")
 
 
+@pytest.mark.slow
 def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
     result, png, md = _run_small(tmp_path, *SMALL_ARGS)
     oracle, plan = result["oracle"], result["plan"]
@@ -88,6 +89,8 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
     envelope = oracle["seeds"]["0"]["envelope"]
     for name, run in runs.items():
         assert Path(run["checkpoint"], "state.pt").is_file()
+        # novel samples (no training 4-gram) are a part of the samples, scored alike
+        assert 0 < run["novel_share"] <= 1 and math.isfinite(run["nll_oracle_novel"])
         expected = frontier_distance([tuple(p) for p in envelope], (run["nll_test"], run["nll_oracle"]))
         assert run["distance"] == pytest.approx(expected) or (run["distance"] is None and
                                                              math.isnan(expected))  # fmt: skip
@@ -111,6 +114,9 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
         comparison = oracle["comparisons"][recipe]
         diff = runs[recipe]["distance"] - runs[f"{recipe}/constant"]["distance"]
         assert comparison["differences"] == [pytest.approx(diff)]
+        for key in ("nll_oracle", "nll_oracle_novel"):
+            diff = runs[recipe][key] - runs[f"{recipe}/constant"][key]
+            assert comparison[f"{key}_differences"] == [pytest.approx(diff)]
         assert comparison["adversarial"] is False  # one seed: no standard deviation, no claim
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
     # The BENCHMARKS.md section is generated from the JSON, numbers included.
@@ -170,6 +176,7 @@ def _expected_markdown(result: dict) -> str:
     return f"# Benchmarks\n\n<!-- BEGIN quality -->\n{markdown(result)}\n<!-- END quality -->\n"
 
 
+@pytest.mark.slow
 def test_text_benchmark_scores_bleu_self_bleu_and_the_frontier(ray_cluster, tmp_path):
     rng = np.random.default_rng(0)
     for name, n in (("train.txt", 400), ("test.txt", 100)):

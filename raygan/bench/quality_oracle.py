@@ -34,6 +34,7 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     from raygan.core.metrics import (
         d_log_ratio_correlation,
         nll_test,
+        novel_rows,
         sample_tokens,
         training_overlap,
     )
@@ -73,6 +74,23 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
             scores["copied"] = overlap["copied"]
         return scores
 
+    def novel(checkpoint: str, seed: int) -> dict[str, float | None]:
+        """NLL_oracle of the T=1 samples that hold no training 4-gram, and their share."""
+        key = f"oracle-novel {checkpoint} n={plan.eval_samples} seed={seed}"
+        return cache.get(key, lambda: _novel(checkpoint, seed))
+
+    def _novel(checkpoint: str, seed: int) -> dict[str, float | None]:
+        import torch
+
+        from raygan.core.metrics import mean_token_nll
+        from raygan.run.checkpoint import load_generator
+
+        gen, _, _ = load_generator(checkpoint)
+        tokens_BT = sample_tokens(gen, plan.eval_samples, seed=seed + 11).tokens_BT  # T=1's
+        keep_B = torch.tensor(novel_rows(tokens_BT.tolist(), train_rows, n=OVERLAP_N))
+        nll = mean_token_nll(oracle, tokens_BT[keep_B]) if keep_B.any() else None
+        return {"nll_oracle_novel": nll, "novel_share": keep_B.float().mean().item()}
+
     def d_signal(checkpoint: str, seed: int) -> float:
         """The run's final D against the truth: its logit's rank correlation with the oracle's
         log-ratio over G's samples (the samples of its T=1 score)."""
@@ -91,7 +109,8 @@ def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
     real_overlap = training_overlap(test_NT.tolist(), train_rows, n=OVERLAP_N)
     seeds: dict[str, dict[str, Any]] = {}  # by str(seed): the JSON's keys
     for seed in plan.seeds:
-        seeds[str(seed)] = _seed(plan, data_dir, seed, steps_per_epoch, score, d_signal, log)
+        seeds[str(seed)] = _seed(plan, data_dir, seed, steps_per_epoch, score, d_signal,
+                                 novel, log)  # fmt: skip
     methods = ["mle", *plan.recipes]
     if plan.controls:
         methods += [control_name(r) for r in plan.recipes]
@@ -158,10 +177,11 @@ def nll_oracle_of(oracle, samples) -> float:
 
 
 def _seed(
-    plan: QualityPlan, data_dir: Path, seed: int, steps_per_epoch: int, score, d_signal, log
+    plan: QualityPlan, data_dir: Path, seed: int, steps_per_epoch: int, score, d_signal, novel,
+    log,
 ) -> dict:
     """One seed: the MLE run and its curve, then every recipe and control, scored (a recipe's
-    final D too: `d_signal`)."""
+    final D too: `d_signal`; every model's samples without a training 4-gram: `novel`)."""
     mle = train(plan, data_dir, f"oracle_mle_s{seed}",
                 mle_run_settings(plan, seed, steps_per_epoch, plan.mle_epochs), log)  # fmt: skip
     best, last = best_checkpoint(mle), mle["checkpoints"][-1]
@@ -179,7 +199,8 @@ def _seed(
     runs: dict[str, dict] = {
         "mle": {"step": best["step"], "checkpoint": best["path"], **curves[best["path"]]["at_one"],
                 "sweep": curves[best["path"]]["sweep"],
-                "time_curve": time_curve(mle, best["path"], {"history": []})}
+                "time_curve": time_curve(mle, best["path"], {"history": []}),
+                **novel(best["path"], seed)}
     }
     for recipe in plan.recipes:
         settings, start = recipe_start(plan, data_dir, recipe, seed, mle)
@@ -196,6 +217,7 @@ def _seed(
                 "wall_s": run["wall_s"], "start": start, **score(run["checkpoint"], 1.0, seed),
                 "d_accuracy": d_accuracy(run["history"], run["settings"]),
                 "time_curve": time_curve(mle if start else None, start, run),
+                **novel(run["checkpoint"], seed),
             }  # fmt: skip
             if name == recipe:  # the control never trains its D
                 runs[name]["d_log_ratio"] = d_signal(run["checkpoint"], seed)
@@ -260,7 +282,7 @@ def first_reach(curve: list[dict], goal: float) -> float | None:
 def _summary(seeds: dict[str, dict], method: str, goal: float | None) -> dict[str, Any]:
     runs = [s["runs"][method] for s in seeds.values() if method in s["runs"]]
     keys = ("nll_oracle", "nll_test", "distance", "distance_to_start", f"train_{OVERLAP_N}grams",
-            "wall_s", "d_log_ratio")  # fmt: skip
+            "wall_s", "d_log_ratio", "nll_oracle_novel", "novel_share")  # fmt: skip
     out: dict[str, Any] = {k: mean_std([r.get(k) for r in runs]) for k in keys}
     out["n"] = len(runs)
     curves = [r.get("time_curve") or [] for r in runs]
@@ -275,13 +297,22 @@ def _summary(seeds: dict[str, dict], method: str, goal: float | None) -> dict[st
 
 
 def _versus_control(seeds: dict[str, dict], recipe: str) -> dict[str, Any]:
-    """Per seed: the recipe's frontier distance minus its control's (negative: D helped)."""
+    """Per seed: the recipe's frontier distance minus its control's (negative: D helped), and
+    its NLL_oracle minus the control's over all samples and over those without a training
+    4-gram (where a gain cannot come from training-set phrases)."""
     diffs = []
     for s in seeds.values():
         mine, theirs = s["runs"][recipe]["distance"], s["runs"][control_name(recipe)]["distance"]
         if mine is not None and theirs is not None:
             diffs.append(mine - theirs)
-    return {"differences": diffs, **mean_std(diffs), "adversarial": beats(diffs)}
+    by_key = {}
+    for key in ("nll_oracle", "nll_oracle_novel"):
+        pairs = [(s["runs"][recipe].get(key), s["runs"][control_name(recipe)].get(key))
+                 for s in seeds.values()]  # fmt: skip
+        by_key[key] = [a - b for a, b in pairs if a is not None and b is not None]
+    return {"differences": diffs, **mean_std(diffs), "adversarial": beats(diffs),
+            "nll_oracle_differences": by_key["nll_oracle"],
+            "nll_oracle_novel_differences": by_key["nll_oracle_novel"]}  # fmt: skip
 
 
 def _targets(plan: QualityPlan, seeds: dict[str, dict]) -> dict[str, Any]:

@@ -25,6 +25,10 @@ def _pm(stat: dict[str, float] | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _per_seed(values: list[float] | None) -> str:
+    return ", ".join(f"{v:+.3f}" for v in values) if values else "—"
+
+
 def _yes(flag: bool | None) -> str:
     return "yes" if flag else "no"
 
@@ -72,11 +76,13 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
         rows.append([
             method, s["n"], _pm(s["nll_oracle"]), _pm(s["nll_test"]), _pm(s["distance"]),
             _pm(s.get("distance_to_start")), _pm(s[f"train_{OVERLAP_N}grams"], 4),
+            _pm(s.get("nll_oracle_novel")), _pm(s.get("novel_share"), 3),
             _pm(s.get("d_after_pretraining"), 2), _pm(s.get("d_adversarial_mean"), 2),
             _pm(s.get("d_log_ratio"), 2), _pm(s.get("train_s_from_scratch"), 0), _goal_seconds(s),
         ])  # fmt: skip
     header = ["model", "seeds", "NLL_oracle", "NLL_test", "distance", "to start",
-              f"train {OVERLAP_N}-grams", "D acc after pretrain", "D acc adversarial",
+              f"train {OVERLAP_N}-grams", "NLL_oracle, novel", "novel share",
+              "D acc after pretrain", "D acc adversarial",
               "D ~ log-ratio", "train s from scratch", f"s to ≤ {SEQGAN_GOAL}"]  # fmt: skip
     lines += [markdown_table(header, rows), ""]
     lines += [
@@ -84,22 +90,28 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
         "after D pretraining and averaged over the adversarial evaluations. D ~ log-ratio: "
         "the final D's logit against log p_oracle(x) - log p_G(x) over G's samples at T=1 "
         "(Spearman; a D at its optimum scores 1, a D whose reward carries no information about "
-        "where G is wrong 0). Train s: training "
+        "where G is wrong 0). NLL_oracle, novel: NLL_oracle of the T=1 samples that hold no "
+        f"{OVERLAP_N}-gram of the training set (novel share: their share of the samples), where "
+        "a gain cannot come from reproducing training-set phrases. Train s: training "
         "seconds from scratch (the MLE run's up to the recipe's start, then its own; "
         "evaluations and Ray start-up excluded). s to ≤ goal: per seed, the first evaluation "
         f"({plan['run_eval_samples']:,} samples) at or under {SEQGAN_GOAL} (— never).",
         "",
     ]
     if o["comparisons"]:
-        rows = [[r, ", ".join(f"{d:+.3f}" for d in c["differences"]), _pm(c),
-                 _yes(c["adversarial"])] for r, c in o["comparisons"].items()]  # fmt: skip
+        rows = [[r, _per_seed(c["differences"]), _pm(c), _yes(c["adversarial"]),
+                 _per_seed(c.get("nll_oracle_differences")),
+                 _per_seed(c.get("nll_oracle_novel_differences"))]
+                for r, c in o["comparisons"].items()]  # fmt: skip
         lines += [
             "Each recipe against its constant control (distance minus the control's, per seed; "
-            "adversarial = below 0 by more than 3 standard deviations of the differences):",
+            "adversarial = below 0 by more than 3 standard deviations of the differences), and "
+            "its NLL_oracle minus the control's over all samples and over the novel ones:",
             "",
-            markdown_table(["recipe", "per seed", "mean ± std", "adversarial"], rows),
+            markdown_table(["recipe", "per seed", "mean ± std", "adversarial",
+                            "NLL_oracle vs control", "novel NLL_oracle vs control"], rows),
             "",
-        ]
+        ]  # fmt: skip
     t = o["targets"]
     if "reproduce" in t:
         r = t["reproduce"]

@@ -103,12 +103,25 @@ def training_overlap(
     the oracle scores a memorised training sequence as well as any real one, so NLL_oracle
     alone would count memorisation as quality."""
     whole = {tuple(row) for row in training}
-    grams = {tuple(row[i : i + n]) for row in training for i in range(len(row) - n + 1)}
+    grams = _ngram_set(training, n)
     sample_grams = [tuple(row[i : i + n]) for row in samples for i in range(len(row) - n + 1)]
     return {
         "copied": sum(tuple(row) in whole for row in samples) / max(len(samples), 1),
         f"train_{n}grams": sum(g in grams for g in sample_grams) / max(len(sample_grams), 1),
     }
+
+
+def novel_rows(samples: list[list[int]], training: list[list[int]], n: int = 4) -> list[bool]:
+    """Per sample: whether none of its n-grams occurs in the training set. Scoring only these
+    separates a model that puts more mass on training-set phrases (which the oracle scores
+    well, memorised or not) from one that is better where it writes something new."""
+    grams = _ngram_set(training, n)
+    return [all(tuple(row[i : i + n]) not in grams for i in range(len(row) - n + 1))
+            for row in samples]  # fmt: skip
+
+
+def _ngram_set(rows: list[list[int]], n: int) -> set[tuple[int, ...]]:
+    return {tuple(row[i : i + n]) for row in rows for i in range(len(row) - n + 1)}
 
 
 def mean_token_nll(
