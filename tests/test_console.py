@@ -39,6 +39,7 @@ def console_run(tmp_path_factory):
     return root, done.stdout, done.stderr
 
 
+@pytest.mark.slow
 def test_train_console_is_a_progress_bar_not_ray_internals(console_run):
     root, out, err = console_run
     console = out + err
@@ -51,6 +52,7 @@ def test_train_console_is_a_progress_bar_not_ray_internals(console_run):
     assert (root / "run" / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_demo_prints_sentences_of_the_shipped_corpus(console_run):
     from raygan.demo import PREFIXES, corpus_path
 

@@ -108,6 +108,7 @@ def test_the_reader_streams_when_the_split_outgrows_its_buffer(sharded_oracle):
     assert BatchStream(sharded_oracle, buffer_rows=256, **common).reader == "memory"
 
 
+@pytest.mark.slow
 def test_ddp_with_the_streaming_reader_equals_one_process_across_a_kill(
     ray_cluster, sharded_oracle, tmp_path
 ):
@@ -130,6 +131,7 @@ def test_ddp_with_the_streaming_reader_equals_one_process_across_a_kill(
         _assert_same_weights(in_memory[45], reference, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint(ray_cluster, oracle_data, tmp_path):
     """A worker SIGKILLed at step 5 (the last checkpoint was step 3): the group restarts from it and
     ends with the exact step count and the same weights as an uninterrupted run."""
@@ -152,6 +154,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, oracle_data, tmp_pat
     assert cli_main(["sample", "--checkpoint", str(run_dir), "-n", "3", "--seed", "1"]) == 0
 
 
+@pytest.mark.slow
 def test_lost_node_resumes_from_checkpoint_on_a_replacement(ray_cluster, oracle_data, tmp_path):
     """The node holding the run's only worker (2 CPUs: no other node fits it) is removed after
     the first checkpoint and a replacement node joins, as an autoscaler would bring one: the
@@ -206,6 +209,7 @@ def test_lost_node_resumes_from_checkpoint_on_a_replacement(ray_cluster, oracle_
     _assert_same_weights(final, _reference(oracle_data, overrides)[total], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_resumes_from_the_previous_one(ray_cluster, oracle_data, tmp_path):
     """A finished run whose newest checkpoint is truncated: the same command again resumes from
     the newest good one, trains the steps since, and ends exactly where an uninterrupted run does."""

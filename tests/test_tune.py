@@ -295,6 +295,7 @@ def test_interrupted_search_resumes(ray_cluster, oracle_data, tmp_path):
     assert resumed[0]["step"] == resumed[0]["restored_step"] + TINY_SPACE["report_every"]
 
 
+@pytest.mark.slow
 def test_distributed_trial_equals_single_process_trial(ray_cluster, oracle_data, tmp_path):
     """num_workers=2 runs each trial as a TorchTrainer (DDP); same seed => the same numbers."""
     from raygan.run.tune import run_tune
