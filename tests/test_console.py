@@ -131,6 +131,26 @@ def test_report_marks_early_stops_and_reads_a_run_again(gumbel_text_run, tmp_pat
     assert [step for step, _ in scalars["adversarial/beta"]] == [6, 7, 8, 9]
 
 
+def test_the_console_channel_lives_on_the_drivers_node_and_its_loss_is_not_the_runs(ray_cluster):
+    """Losing a worker's node must not take the progress channel with it (Ray Train recovers the
+    run, the console must not then fail it): the channel sits on the driver's node, and a channel
+    lost anyway costs only progress lines."""
+    import io
+
+    import ray
+    from ray.util.state import list_actors
+
+    from raygan.run.console import TrainConsole
+
+    driver_node = ray.get_runtime_context().get_node_id()
+    for _ in range(4):  # unpinned, a zero-CPU actor lands on either of the session's two nodes
+        with TrainConsole(10, file=io.StringIO()) as console:
+            [channel] = list_actors(filters=[("name", "=", console.name), ("state", "=", "ALIVE")])
+            assert channel.node_id == driver_node
+    with TrainConsole(10, file=io.StringIO()) as console:
+        ray.kill(ray.get_actor(console.name))  # as when its node is lost: leaving must not raise
+
+
 def test_report_of_a_directory_that_is_neither_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

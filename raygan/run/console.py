@@ -76,9 +76,14 @@ class TrainConsole:
         if not self.enabled:
             return self
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.name = f"raygan-console-{uuid.uuid4().hex[:12]}"
-        self._actor = ray.remote(num_cpus=0)(_Channel).options(name=self.name).remote()
+        # On the driver's node, which lives as long as the run: anywhere else, losing a worker's
+        # node could take the channel with it while Ray Train recovers the run itself.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._actor = ray.remote(num_cpus=0)(_Channel).options(
+            name=self.name, scheduling_strategy=here).remote()  # fmt: skip
         ray.get(self._actor.take.remote())  # placed and answering before any worker looks
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -91,7 +96,8 @@ class TrainConsole:
 
         self._stop.set()
         self._thread.join()
-        self._drain()  # what rank 0 sent last
+        with contextlib.suppress(ray.exceptions.RayActorError):  # the channel lost: lines only
+            self._drain()  # what rank 0 sent last
         if self._bar is not None:
             self._bar.close()
         ray.kill(self._actor)
