@@ -300,19 +300,15 @@ def _versus_control(seeds: dict[str, dict], recipe: str) -> dict[str, Any]:
     """Per seed: the recipe's frontier distance minus its control's (negative: D helped), and
     its NLL_oracle minus the control's over all samples and over those without a training
     4-gram (where a gain cannot come from training-set phrases)."""
-    diffs = []
-    for s in seeds.values():
-        mine, theirs = s["runs"][recipe]["distance"], s["runs"][control_name(recipe)]["distance"]
-        if mine is not None and theirs is not None:
-            diffs.append(mine - theirs)
-    by_key = {}
-    for key in ("nll_oracle", "nll_oracle_novel"):
+    def minus_control(key: str) -> list[float]:
         pairs = [(s["runs"][recipe].get(key), s["runs"][control_name(recipe)].get(key))
                  for s in seeds.values()]  # fmt: skip
-        by_key[key] = [a - b for a, b in pairs if a is not None and b is not None]
+        return [a - b for a, b in pairs if a is not None and b is not None]
+
+    diffs = minus_control("distance")
     return {"differences": diffs, **mean_std(diffs), "adversarial": beats(diffs),
-            "nll_oracle_differences": by_key["nll_oracle"],
-            "nll_oracle_novel_differences": by_key["nll_oracle_novel"]}  # fmt: skip
+            "nll_oracle_differences": minus_control("nll_oracle"),
+            "nll_oracle_novel_differences": minus_control("nll_oracle_novel")}  # fmt: skip
 
 
 def _targets(plan: QualityPlan, seeds: dict[str, dict]) -> dict[str, Any]:
