@@ -25,7 +25,7 @@ from raygan.bench.quality import (
     finite,
     mean_std,
 )
-from raygan.bench.quality_oracle import first_reach, time_curve
+from raygan.bench.quality_oracle import _far_below, first_reach, time_curve
 from raygan.bench.quality_report import markdown
 from raygan.core.errors import RayganError
 from raygan.core.frontier import frontier_distance
@@ -84,13 +84,18 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
     # T=1 point lies on MLE's curve (distance 0) unless the last epoch's curve beats it.
     mle = runs["mle"]
     assert [p["temperature"] for p in mle["sweep"]] == list(plan["temperatures"])
+    assert all(0 < p["novel_share"] <= 1 for p in mle["sweep"])
     assert mle["sweep"][0]["nll_oracle"] < mle["sweep"][-1]["nll_oracle"]
     assert mle["distance"] <= 1e-9
     envelope = oracle["seeds"]["0"]["envelope"]
     for name, run in runs.items():
         assert Path(run["checkpoint"], "state.pt").is_file()
-        # novel samples (no training 4-gram) are a part of the samples, scored alike
+        # novel samples (no training 4-gram) are a part of the samples, scored alike, and
+        # their distance is to MLE's curve over its own novel samples
         assert 0 < run["novel_share"] <= 1 and math.isfinite(run["nll_oracle_novel"])
+        novel = frontier_distance([tuple(p) for p in oracle["seeds"]["0"]["novel_envelope"]],
+                                  (run["nll_test"], run["nll_oracle_novel"]))  # fmt: skip
+        assert run["distance_novel"] == pytest.approx(novel)
         expected = frontier_distance([tuple(p) for p in envelope], (run["nll_test"], run["nll_oracle"]))
         assert run["distance"] == pytest.approx(expected) or (run["distance"] is None and
                                                              math.isnan(expected))  # fmt: skip
@@ -114,7 +119,7 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
         comparison = oracle["comparisons"][recipe]
         diff = runs[recipe]["distance"] - runs[f"{recipe}/constant"]["distance"]
         assert comparison["differences"] == [pytest.approx(diff)]
-        for key in ("nll_oracle", "nll_oracle_novel"):
+        for key in ("nll_oracle", "nll_oracle_novel", "distance_novel"):
             diff = runs[recipe][key] - runs[f"{recipe}/constant"][key]
             assert comparison[f"{key}_differences"] == [pytest.approx(diff)]
         assert comparison["adversarial"] is False  # one seed: no standard deviation, no claim
@@ -236,6 +241,14 @@ def test_seed_statistics_and_the_three_sigma_rule():
     assert beats([-0.30, -0.32, -0.31])  # far below 0 for its spread
     assert not beats([-0.30, 0.10, -0.31])  # one seed the other way
     assert not beats([-0.30])  # one seed has no spread to judge by
+
+
+def test_moonshot_rule_needs_every_seed_far_below_the_curve_beyond_three_sigma():
+    assert _far_below([-0.15, -0.12, -0.13])
+    assert not _far_below([-0.15, -0.12, None])  # a seed not scored (a carried-over run)
+    assert not _far_below([-0.07, -0.08, -0.09])  # beyond 3σ, but less than 0.1 below
+    assert not _far_below([-0.40, 0.10, -0.10])  # mean -0.13, but its spread reaches 0
+    assert not _far_below([-0.20])  # one seed has no spread to judge by
 
 
 def _text_run(method: str, seed: int, over: float | None, bleu4: float = 0.25) -> dict:

@@ -488,7 +488,7 @@ def _text_versus_control(runs: list[dict], recipe: str) -> dict[str, Any]:
 
 def _sweep(score, checkpoint: str, temperatures, at_one: dict) -> list[dict]:
     """Scores over temperatures; T=1 is the run's own scores, not a second sampling."""
-    keys = {"temperature", "nll_test", "nll_oracle", "train_4grams",
+    keys = {"temperature", "nll_test", "nll_oracle", "train_4grams", "nll_oracle_novel", "novel_share",
             *(f"bleu{n}" for n in BLEU_ORDERS), *(f"self_bleu{n}" for n in BLEU_ORDERS)}  # fmt: skip
     return [
         {k: v for k, v in at_one.items() if k in keys} if t == 1.0 else score(checkpoint, t, False)

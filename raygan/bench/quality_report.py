@@ -77,11 +77,12 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
             method, s["n"], _pm(s["nll_oracle"]), _pm(s["nll_test"]), _pm(s["distance"]),
             _pm(s.get("distance_to_start")), _pm(s[f"train_{OVERLAP_N}grams"], 4),
             _pm(s.get("nll_oracle_novel")), _pm(s.get("novel_share"), 3),
+            _pm(s.get("distance_novel")),
             _pm(s.get("d_after_pretraining"), 2), _pm(s.get("d_adversarial_mean"), 2),
             _pm(s.get("d_log_ratio"), 2), _pm(s.get("train_s_from_scratch"), 0), _goal_seconds(s),
         ])  # fmt: skip
     header = ["model", "seeds", "NLL_oracle", "NLL_test", "distance", "to start",
-              f"train {OVERLAP_N}-grams", "NLL_oracle, novel", "novel share",
+              f"train {OVERLAP_N}-grams", "NLL_oracle, novel", "novel share", "distance, novel",
               "D acc after pretrain", "D acc adversarial",
               "D ~ log-ratio", "train s from scratch", f"s to ≤ {SEQGAN_GOAL}"]  # fmt: skip
     lines += [markdown_table(header, rows), ""]
@@ -92,7 +93,9 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
         "(Spearman; a D at its optimum scores 1, a D whose reward carries no information about "
         "where G is wrong 0). NLL_oracle, novel: NLL_oracle of the T=1 samples that hold no "
         f"{OVERLAP_N}-gram of the training set (novel share: their share of the samples), where "
-        "a gain cannot come from reproducing training-set phrases. Train s: training "
+        "a gain cannot come from reproducing training-set phrases; distance, novel: the "
+        "distance of (NLL_test, NLL_oracle, novel) to MLE's curve drawn the same way (every "
+        "temperature of its sweep scored over its own novel samples). Train s: training "
         "seconds from scratch (the MLE run's up to the recipe's start, then its own; "
         "evaluations and Ray start-up excluded). s to ≤ goal: per seed, the first evaluation "
         f"({plan['run_eval_samples']:,} samples) at or under {SEQGAN_GOAL} (— never).",
@@ -101,15 +104,18 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
     if o["comparisons"]:
         rows = [[r, _per_seed(c["differences"]), _pm(c), _yes(c["adversarial"]),
                  _per_seed(c.get("nll_oracle_differences")),
-                 _per_seed(c.get("nll_oracle_novel_differences"))]
+                 _per_seed(c.get("nll_oracle_novel_differences")),
+                 _per_seed(c.get("distance_novel_differences"))]
                 for r, c in o["comparisons"].items()]  # fmt: skip
         lines += [
             "Each recipe against its constant control (distance minus the control's, per seed; "
             "adversarial = below 0 by more than 3 standard deviations of the differences), and "
-            "its NLL_oracle minus the control's over all samples and over the novel ones:",
+            "its NLL_oracle minus the control's over all samples and over the novel ones, and "
+            "its novel distance minus the control's:",
             "",
             markdown_table(["recipe", "per seed", "mean ± std", "adversarial",
-                            "NLL_oracle vs control", "novel NLL_oracle vs control"], rows),
+                            "NLL_oracle vs control", "novel NLL_oracle vs control",
+                            "novel distance vs control"], rows),
             "",
         ]  # fmt: skip
     t = o["targets"]
@@ -124,8 +130,11 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
         names = ", ".join(f"`{n}`" for n in t["adversarial"]["recipes"]) or "none"
         lines.append(f"- Adversarial signal (a recipe beating its control by > 3σ): {names}.")
     names = ", ".join(f"`{n}`" for n in t["moonshot"]["recipes"]) or "none"
+    lines.append(f"- Moonshot (a recipe ≥ {-MOONSHOT} nats below MLE's curve, beyond 3σ): {names}.")
+    if "moonshot_novel" in t:
+        names = ", ".join(f"`{n}`" for n in t["moonshot_novel"]["recipes"]) or "none"
+        lines.append(f"- The same over novel samples (distance, novel; every seed scored): {names}.")
     lines += [
-        f"- Moonshot (a recipe ≥ {-MOONSHOT} nats below MLE's curve, beyond 3σ): {names}.",
         "",
         "Published NLL_oracle on this oracle: "
         + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_ORACLE.items())
