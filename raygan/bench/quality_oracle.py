@@ -293,7 +293,8 @@ def _summary(seeds: dict[str, dict], method: str, goal: float | None) -> dict[st
 def _versus_control(seeds: dict[str, dict], recipe: str) -> dict[str, Any]:
     """Per seed: the recipe's frontier distance minus its control's (negative: D helped), and
     its NLL_oracle minus the control's over all samples and over those without a training
-    4-gram (where a gain cannot come from training-set phrases)."""
+    4-gram (where a gain cannot come from training-set phrases), and its novel distance minus
+    the control's."""
     def minus_control(key: str) -> list[float]:
         pairs = [(s["runs"][recipe].get(key), s["runs"][control_name(recipe)].get(key))
                  for s in seeds.values()]  # fmt: skip
