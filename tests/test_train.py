@@ -325,6 +325,30 @@ def test_init_from_checkpoint_with_other_vocab_is_refused(oracle_data, tmp_path)
         )
 
 
+def test_init_from_another_discriminator_needs_d_pretraining(oracle_data, tmp_path):
+    """A checkpoint's D of another form or size cannot be loaded: the run's D starts fresh.
+    Going straight to adversarial steps on it is refused (before Ray starts, in `fit`, and in
+    the loop); pretraining it, or a control that ignores D, is fine."""
+    from raygan.run.checkpoint import save_checkpoint
+
+    mle = {**TINY_TRAIN, "num_workers": 1, "mle_steps": 3, "d_pretrain_steps": 0, "adv_steps": 0}
+    states = _reference(oracle_data, mle)
+    save_checkpoint(tmp_path / "ckpt", state=states[3], config=resolve_config(oracle_data, mle),
+                    meta={"step": 3}, data_dir=oracle_data)  # fmt: skip
+    start = {**TINY_TRAIN, "num_workers": 1, "init_from": str(tmp_path / "ckpt"), "mle_steps": 0,
+             "d_form": "log_ratio", "d_pretrain_steps": 0, "adv_steps": 2}  # fmt: skip
+    message = (r"holds another discriminator \(d_form=classifier; this config: d_form=log_ratio\)"
+               r", and d_pretrain_steps=0")  # fmt: skip
+    with pytest.raises(RayganError, match=message):
+        fit(oracle_data, str(tmp_path / "run"), start, log=lambda *_: None)
+    assert not (tmp_path / "run" / "run.json").exists()  # refused before anything was written
+    with pytest.raises(RayganError, match=message):
+        _reference(oracle_data, start)
+    for fine in ({"d_pretrain_steps": 1}, {"estimator": "constant"}, {"d_form": "classifier"}):
+        steps = fine.get("d_pretrain_steps", 0) + start["adv_steps"]
+        assert max(_reference(oracle_data, {**start, **fine})) == steps  # trained to the end
+
+
 def test_early_stopping_rules():
     from raygan.run.loop import EarlyStopping
 

@@ -105,6 +105,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, dict[str,
     return state, config, meta
 
 
+def checkpoint_config(path: str | Path) -> Config:
+    """The config a checkpoint was trained with, without loading its state."""
+    return _read_checked(resolve_checkpoint_dir(path))[1]
+
+
 def check_checkpoint(directory: str | Path) -> None:
     """RayganError where `load_checkpoint` would fail, without loading the state when its
     sha256 is recorded (hashing it suffices; older checkpoints are loaded to find out)."""

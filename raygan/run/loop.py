@@ -363,16 +363,44 @@ def uses_baseline(cfg: Config) -> bool:
     return cfg.gan.estimator != "gumbel" and cfg.gan.reward_baseline == "ema"
 
 
-def _init_from(path: str, cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
-    state, other, _ = load_checkpoint(path)
+D_SHAPE = ("d_form", "d_experts", "d_embed_dim", "d_hidden_dim", "d_layers")
+
+
+def check_init_from(cfg: Config, other: Config | None = None) -> None:
+    """RayganError where cfg.trainer.init_from cannot start this run: another vocabulary or
+    length, or another D (form or sizes: it would start fresh) when the run goes straight to
+    adversarial steps on D's reward without pretraining it. `other`: the checkpoint's config,
+    read from it when not given (before Ray starts, so the mistake costs seconds)."""
+    path = cfg.trainer.init_from
+    if other is None:
+        from raygan.run.checkpoint import checkpoint_config
+
+        other = checkpoint_config(path)
     for field in ("vocab_size", "max_len"):
         mine, theirs = getattr(cfg.model, field), getattr(other.model, field)
         if mine != theirs:
             raise RayganError(
                 f"init_from checkpoint {path} has {field}={theirs}, but the data's manifest has {field}={mine}"
             )
+    s = cfg.schedule
+    untrained = s.d_pretrain_steps == 0 and s.adv_steps and cfg.gan.estimator != "constant"
+    differ = [k for k in D_SHAPE if getattr(cfg.model, k) != getattr(other.model, k)]
+    if untrained and differ:
+        theirs = ", ".join(f"{k}={getattr(other.model, k)}" for k in differ)
+        mine = ", ".join(f"{k}={getattr(cfg.model, k)}" for k in differ)
+        raise RayganError(
+            f"init_from checkpoint {path} holds another discriminator ({theirs}; this config: "
+            f"{mine}), and d_pretrain_steps=0 would start adversarial training with an untrained "
+            "one: pretrain it (d_pretrain_steps > 0) or start from a checkpoint trained with this "
+            "config's D (e.g. under the same recipe)"
+        )
+
+
+def _init_from(cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
+    state, other, _ = load_checkpoint(cfg.trainer.init_from)
+    check_init_from(cfg, other)
     gen.load_state_dict(state["generator"])
-    with contextlib.suppress(RuntimeError, KeyError):  # D may differ in size: then it starts fresh
+    with contextlib.suppress(RuntimeError, KeyError):  # another D: it starts fresh (pretrained)
         disc.load_state_dict(state["discriminator"])
 
 
@@ -412,7 +440,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext) -> dict[str, Any]:
         set_lr(opt_g, cfg.gan.g_lr)
         set_lr(opt_d, cfg.gan.disc_lr)
     elif cfg.trainer.init_from:
-        _init_from(cfg.trainer.init_from, cfg, gen, disc)
+        _init_from(cfg, gen, disc)
     if not uses_baseline(cfg):
         baseline_T = None
     elif baseline_T is None:  # NaN: the first batch's mean sets it

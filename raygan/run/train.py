@@ -26,7 +26,7 @@ from raygan.run.checkpoint import (
     copy_checkpoint,
     load_checkpoint,
 )
-from raygan.run.loop import RunSpec
+from raygan.run.loop import RunSpec, check_init_from
 
 RUN_NAME = "raygan"
 RESUME_TOLERANT_KEYS = {"trainer.fail_at_step", "placement.max_failures", "placement.log_level"}
@@ -278,6 +278,8 @@ def fit(
     data_dir, run_dir = storage.absolute(data_dir), storage.absolute(run_dir)
     verify(data_dir)
     config = resolve_config(data_dir, overrides or {})
+    if config.trainer.init_from:
+        check_init_from(config)
     run = RunSpec(config=config, data_dir=data_dir, run_dir=run_dir)
     _check_run_dir(run_dir, run, fresh)
     if verbose():

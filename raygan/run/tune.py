@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from raygan.core.errors import RayganError
 from raygan.data import storage
 from raygan.run.checkpoint import META_FILE, atomic_write_text, copy_checkpoint
-from raygan.run.loop import RunSpec
+from raygan.run.loop import RunSpec, check_init_from
 from raygan.run.tune_space import SearchSpace, load_space
 
 EXPERIMENT = "pbt"
@@ -196,6 +196,8 @@ def run_tune(
     space = load_space(space_path, data_kind=load_manifest(data_dir)["kind"])
     space = space.with_overrides(_absolute_paths(overrides or {}), trials=trials)
     config = space.trial_config(data_dir)  # every fixed key resolved before any trial starts
+    if config.trainer.init_from:
+        check_init_from(config)
     request = {"space": space.to_dict(), "data_dir": data_dir, "scheduler": scheduler}
     _check_tune_dir(out, request, fresh)
     atomic_write_text(storage.join(out, "tune.json"), json.dumps(request, indent=2))
