@@ -1,16 +1,18 @@
 """PBT against the same trials with fixed configurations, at equal compute, on the SeqGAN oracle,
 ranked by the frontier objective (how far below MLE's temperature curve a trial has moved).
 
-    python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~15 minutes on 2 CPUs
+    python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~35 minutes on 2 CPUs
     python scripts/bench_tune.py --smoke-test                 # tiny sizes, checks the script
 
 1. prepare: 10,000 training and 2,000 held-out samples of SeqGAN's oracle
    (../shared/data/seqgan_oracle/target_params.npz; a seeded random oracle when it is absent);
-2. pretrain: MLE for the epochs where held-out NLL is best, then D pretraining, in one process:
-   the shared starting point (searching the G/D balance only matters in adversarial training);
-3. fixed: `raygan tune --scheduler none`: T trials drawn from tune_spaces/pbt_oracle.yaml with
-   the recipe itself searched among RECIPES (each trial starts from a shipped recipe's keys),
-   A adversarial steps each from the pretrained checkpoint, configurations never change;
+2. pretrain: under the space's recipe (`nce`, the recipe whose G moves below MLE's curve),
+   MLE for the epochs where held-out NLL is best, then the recipe's D pretraining, in one
+   process: the shared starting point (searching the G/D balance only matters in adversarial
+   training);
+3. fixed: `raygan tune --scheduler none`: T trials drawn from tune_spaces/pbt_oracle.yaml (the
+   recipe's keys, then the searched g_lr, d_lr_ratio, d_steps and reward), A adversarial steps
+   each from the pretrained checkpoint, configurations never change;
 4. pbt: the same command with PBT. The same seed draws the same T initial configurations, so the
    two arms differ only in exploit/explore. Both spend T x A generator steps.
 Reported per arm: the best frontier_distance any trial reached (the checkpoint exported to
@@ -46,9 +48,6 @@ SEQGAN_ORACLE = REPO.parent / "shared/data/seqgan_oracle/target_params.npz"
 SPACE = REPO / "tune_spaces/pbt_oracle.yaml"
 
 
-RECIPES = ("ratio", "seqgan", "relgan")  # the batch-64 recipes; scratchgan's batch is 512
-
-
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     num_train: int = 10_000
@@ -58,7 +57,7 @@ class Sizes:
     trials: int = 4
     adv_steps: int = 100
     report_every: int = 25
-    perturbation_interval: int = 50
+    perturbation_interval: int = 25
     eval_samples: int = 2000
     model: tuple = ()  # extra overrides (the smoke test's tiny nets)
 
@@ -83,12 +82,20 @@ def prepare(s: Sizes, work: Path, smoke: bool) -> tuple[str, str]:
     return str(data), "random oracle (seed 0)"
 
 
-def pretrain(s: Sizes, data: str, work: Path) -> dict:
-    """MLE + D pretraining at world size 1; the last checkpoint becomes the trials' init_from."""
+def space_recipe() -> str:
+    """The recipe every trial starts from: the shipped space's `fixed.recipe`."""
+    import yaml
+
+    return yaml.safe_load(SPACE.read_text())["fixed"]["recipe"]
+
+
+def pretrain(s: Sizes, data: str, work: Path, recipe: str) -> dict:
+    """MLE + the recipe's D pretraining at world size 1 (its D: the trials skip D pretraining);
+    the last checkpoint becomes the trials' init_from."""
     batch = dict(s.model).get("batch_size", 64)
     mle_steps = s.mle_epochs * (s.num_train // batch)
     config = resolve_config(data, {
-        **dict(s.model), "mle_steps": mle_steps, "d_pretrain_steps": s.d_pretrain_steps,
+        "recipe": recipe, **dict(s.model), "mle_steps": mle_steps, "d_pretrain_steps": s.d_pretrain_steps,
         "adv_steps": 0, "eval_every": mle_steps, "checkpoint_every": mle_steps + s.d_pretrain_steps,
         "eval_samples": s.eval_samples,
     })  # fmt: skip
@@ -115,8 +122,6 @@ def space_file(s: Sizes, work: Path) -> str:
     space = yaml.safe_load(SPACE.read_text())
     space.update(trials=s.trials, report_every=s.report_every,
                  perturbation_interval=s.perturbation_interval)  # fmt: skip
-    space["fixed"].pop("recipe", None)  # searched instead: each trial starts from a recipe
-    space["search"] = {"recipe": {"choice": list(RECIPES)}, **space["search"]}
     space["fixed"].update(adv_steps=s.adv_steps, eval_samples=s.eval_samples)
     path = work / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
@@ -158,7 +163,8 @@ def run(s: Sizes, work: Path, smoke: bool) -> dict:
 
     torch.set_num_threads(1)
     data, oracle = prepare(s, work, smoke)
-    pre = pretrain(s, data, work)
+    recipe = space_recipe()
+    pre = pretrain(s, data, work, recipe)
     print(f"pretrained: NLL_oracle {pre['nll_oracle']:.4f} after {pre['mle_steps']} MLE steps "
           f"({pre['wall_s']:.0f} s)", flush=True)  # fmt: skip
     ray_environment()
@@ -176,6 +182,7 @@ def run(s: Sizes, work: Path, smoke: bool) -> dict:
     return {
         "oracle": oracle,
         "sizes": dataclasses.asdict(s),
+        "recipe": recipe,
         "pretrain": pre,
         "arms": arms,
         "space": SPACE.name,
@@ -200,11 +207,11 @@ def report_text(result: dict) -> str:
     wins = sharpest[1][1] < min(a["best_nll_oracle"] for a in result["arms"].values())
     return "\n".join([
         f"{result['oracle']}; {s['trials']} trials x {s['adv_steps']} adversarial steps per arm, "
-        f"each trial starting from one of the recipes {', '.join(RECIPES)} (searched, with g_lr, "
-        f"d_lr_ratio, d_steps and reward), a report every {s['report_every']} steps, PBT decisions "
+        f"each trial the recipe `{result['recipe']}` with g_lr, d_lr_ratio, d_steps and reward "
+        f"searched, a report every {s['report_every']} steps, PBT decisions "
         f"every {s['perturbation_interval']}; {s['eval_samples']} evaluation samples. Both arms "
         f"start from one MLE-pretrained G ({pre['mle_steps']} steps: NLL_oracle "
-        f"{pre['nll_oracle']:.4f}, NLL_test {pre['nll_test']:.4f}) with a pretrained D "
+        f"{pre['nll_oracle']:.4f}, NLL_test {pre['nll_test']:.4f}) with the recipe's D pretrained "
         f"({s['d_pretrain_steps']} steps) and draw the same initial configurations. Objective: "
         f"frontier_distance, NLL_oracle minus the starting G's temperature curve at the trial's "
         f"NLL_test (lower is better; {len(curve['temperatures'])} temperatures "

@@ -379,6 +379,21 @@ def test_frontier_objective_is_measured_against_the_starting_checkpoint(
                  log=lambda *_: None)  # fmt: skip
 
 
+def test_a_start_whose_d_the_trials_cannot_load_is_refused_before_ray(oracle_data, tmp_path):
+    """Trials of a recipe with another D than the starting checkpoint's, told not to pretrain
+    it, would train G against untrained Ds: refused with the checkpoint named, no trial run."""
+    from raygan.run.tune import run_tune
+
+    start = _tiny_checkpoint(oracle_data, tmp_path / "start")  # a classifier D
+    space = {**TINY_SPACE, "trials": 1,
+             "fixed": {**TINY_FIXED, "recipe": "nce", "mle_steps": 0, "adv_steps": 4}}  # fmt: skip
+    path = _space_file(tmp_path, space)
+    with pytest.raises(RayganError, match=f"init_from checkpoint {start} holds another discriminator"):
+        run_tune(path, oracle_data, str(tmp_path / "t"), scheduler="none", log=lambda *_: None,
+                 overrides={"init_from": start, "d_pretrain_steps": 0})  # fmt: skip
+    assert not (tmp_path / "t" / "ray").exists()
+
+
 def test_no_temperature_of_the_starting_mle_wins_the_frontier_objective(oracle_data, tmp_path):
     """The frontier objective scores every temperature of the starting MLE at 0 or above (on
     its own curve, or above it where dominated), measured as a trial's evaluation measures it,
