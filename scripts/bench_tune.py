@@ -95,9 +95,9 @@ def pretrain(s: Sizes, data: str, work: Path, recipe: str) -> dict:
     batch = dict(s.model).get("batch_size", 64)
     mle_steps = s.mle_epochs * (s.num_train // batch)
     config = resolve_config(data, {
-        "recipe": recipe, **dict(s.model), "mle_steps": mle_steps, "d_pretrain_steps": s.d_pretrain_steps,
-        "adv_steps": 0, "eval_every": mle_steps, "checkpoint_every": mle_steps + s.d_pretrain_steps,
-        "eval_samples": s.eval_samples,
+        "recipe": recipe, **dict(s.model), "mle_steps": mle_steps,
+        "d_pretrain_steps": s.d_pretrain_steps, "adv_steps": 0, "eval_every": mle_steps,
+        "checkpoint_every": mle_steps + s.d_pretrain_steps, "eval_samples": s.eval_samples,
     })  # fmt: skip
     out = work / "pretrain"
     last: dict = {}
