@@ -30,7 +30,7 @@ from raygan.core.metrics import (
     sample_tokens,
 )
 from raygan.core.models import Discriminator, Generator, Oracle, make_discriminator
-from raygan.core.sampler import RowStreams
+from raygan.core.sampler import RowStreams, lengths_from_tokens
 from tests.conftest import TINY
 
 
@@ -154,6 +154,40 @@ def test_rollout_rewards_come_from_completions_of_that_prefix():
         expected = torch.sigmoid(disc(rows)[1]).mean()
         torch.testing.assert_close(rewards_BT[b, t], expected)
     torch.testing.assert_close(rewards_BT[:, -1], torch.sigmoid(disc(samples.tokens_BT)[1]))
+
+
+@pytest.mark.parametrize("experts", [1, 2])
+@pytest.mark.parametrize("reward", ["prob", "logit"])
+def test_a_log_ratio_ds_rollout_rewards_are_forward_on_the_same_completions(
+    tiny_cfg, experts, reward
+):
+    """A log_ratio D scores rollouts as they are drawn; the rewards must be what its forward
+    gives on `rollout_completions` from the same streams, EOS and padding included."""
+    cfg = dataclasses.replace(tiny_cfg, d_form="log_ratio", d_experts=experts)
+    gen = Generator(cfg)
+    disc = make_discriminator(cfg, gen)
+    with torch.no_grad():  # phi away from G, and EOS early enough that prefixes hold it
+        for p in disc.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        if cfg.variable_length:
+            gen.head.bias[cfg.eos_id] += 2.0
+    samples = gen.sample(6, generator=torch.Generator().manual_seed(0))
+    M, T = 3, cfg.max_len
+    rewards_BT = rollout_rewards(
+        gen, disc, samples, M, generator=torch.Generator().manual_seed(7), reward=reward
+    )
+    completions = gen.rollout_completions(
+        samples.tokens_BT, M, generator=torch.Generator().manual_seed(7)
+    ).reshape(-1, T)
+    of = torch.sigmoid if reward == "prob" else (lambda x: x)
+    with torch.no_grad():
+        seq_TmMB = disc(completions, lengths_from_tokens(completions, cfg.eos_id))[1]
+        full_B = disc(samples.tokens_BT, samples.lengths_B)[1]
+    expected_BT = torch.cat([of(seq_TmMB).view(T - 1, M, -1).mean(1).T, of(full_B)[:, None]], 1)
+    torch.testing.assert_close(rewards_BT, expected_BT, atol=1e-5, rtol=1e-5)
+    if cfg.variable_length:  # the case that needs the masking: some prefixes already ended
+        assert (samples.lengths_B < T - 1).any()
+    assert expected_BT.std() > 0.05  # D's rewards differ between prefixes: not a trivial match
 
 
 def test_discounted_returns():

@@ -440,3 +440,19 @@ def test_carry_over_joins_earlier_recipes_only_on_the_same_mle_curve():
     moved = _oracle_result(["ratio"], [[7.6, 9.5], [7.7, 9.3], [8.0, 8.5]], distance)
     with pytest.raises(RayganError, match="seed 0: MLE's curve differs"):
         carry_over(moved, plan, earlier)
+
+
+def test_the_rollout_benchmark_checks_its_two_paths_agree(tmp_path):
+    """scripts/bench_rollout.py's small mode: both paths run at both shapes and agree, and its
+    section is written from the JSON alone."""
+    bench = _script_module("bench_rollout")
+    out, md = tmp_path / "r.json", tmp_path / "R.md"
+    assert bench.main(bench.BENCH, "rollout", ["--smoke-test", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["shape"], r["experts"]) for r in rows} == {
+        (shape, k) for shape in ("oracle", "coco") for k in (1, 2)
+    }
+    assert all(0 < r["max_abs_diff"] < bench.TOL and r["streamed_s"] > 0 for r in rows)
+    md.write_text("<!-- BEGIN rollout -->\n<!-- END rollout -->\n")
+    assert bench.main(bench.BENCH, "rollout", ["--from-json", str(out), "--markdown", str(md)]) == 0
+    assert "2 LMs (`nce_mix`)" in md.read_text()

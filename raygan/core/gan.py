@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from raygan.core.config import GANConfig
 from raygan.core.errors import RayganError
 from raygan.core.losses import d_loss, g_loss, gradient_penalty
-from raygan.core.models import length_mask, log_probs, unwrap
+from raygan.core.models import LogRatioDiscriminator, length_mask, log_probs, unwrap
 from raygan.core.sampler import Rng, RowStreams, lengths_from_tokens
 
 Reduce = Callable[[Tensor], Tensor]  # e.g. an all-reduce mean across DDP ranks
@@ -373,17 +373,24 @@ def reward_of(logits: Tensor, kind: str) -> Tensor:
 def rollout_rewards(
     gen, disc, samples, num_rollouts: int, *, generator=None, reward: str = "prob"
 ) -> Tensor:
-    """(B, T) rewards: column t < T-1 from completions of prefix t+1, the last from D(x) itself."""
-    bare = unwrap(gen)
+    """(B, T) rewards: column t < T-1 from completions of prefix t+1, the last from D(x) itself.
+
+    A log_ratio D scores the completions as they are drawn (`LogRatioDiscriminator.rollout_logits`)
+    instead of reading each one again: the same rewards, 5.7x faster for `nce` at COCO captions'
+    shape and 2.3x at the SeqGAN oracle's (scripts/bench_rollout.py)."""
+    bare, d = unwrap(gen), unwrap(disc)
     tokens_BT = samples.tokens_BT
     B, T = tokens_BT.shape
-    completions = bare.rollout_completions(
-        tokens_BT, num_rollouts, z_BZ=samples.z_BZ, generator=generator
-    )  # (T-1, M, B, T)
-    flat_RT = completions.reshape(-1, T)
-    _, seq_R = disc(flat_RT, _lengths(bare, flat_RT))
-    partial_TmB = reward_of(seq_R, reward).view(T - 1, num_rollouts, B).mean(1)  # (T-1, B)
-    _, full_B = disc(tokens_BT, samples.lengths_B)
+    if isinstance(d, LogRatioDiscriminator):
+        seq_TmMB, full_B = d.rollout_logits(bare, samples, num_rollouts, generator=generator)
+    else:
+        completions = bare.rollout_completions(
+            tokens_BT, num_rollouts, z_BZ=samples.z_BZ, generator=generator
+        )  # (T-1, M, B, T)
+        flat_RT = completions.reshape(-1, T)
+        seq_TmMB = disc(flat_RT, _lengths(bare, flat_RT))[1].view(T - 1, num_rollouts, B)
+        full_B = disc(tokens_BT, samples.lengths_B)[1]
+    partial_TmB = reward_of(seq_TmMB, reward).mean(1)  # (T-1, B)
     return torch.cat([partial_TmB.T, reward_of(full_B, reward)[:, None]], dim=1)
 
 
