@@ -22,9 +22,8 @@ thread count (--threads, default 1 as in a Ray Train worker).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from raygan.bench.harness import Benchmark, machine_line, main  # noqa: E402
+from raygan.bench.train_speed import interleaved  # noqa: E402
 from raygan.core.config import ModelConfig  # noqa: E402
 from raygan.core.gan import rollout_rewards  # noqa: E402
 from raygan.core.models import Generator, make_discriminator  # noqa: E402
@@ -74,22 +74,21 @@ def bench_case(shape: str, experts: int, args, shapes) -> dict:
     gen = Generator(cfg)
     disc = make_discriminator(cfg, gen)
     samples = gen.sample(args.batch, generator=torch.Generator().manual_seed(1))
-    fns = {
+    paths = {
         "teacher_forced": lambda: reference_logits(gen, disc, samples, args.rollouts, 2),
         "streamed": lambda: rollout_rewards(
             gen, disc, samples, args.rollouts, generator=torch.Generator().manual_seed(2),
             reward="logit",
         ),
     }  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    values = {}
-    for round_ in range(1 + args.reps):  # a warm-up round, then interleaved repetitions
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            values[name] = fn()
-            if round_:
-                times[name].append(time.perf_counter() - started)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    values: dict[str, torch.Tensor] = {}  # each path's rewards from its last call
+
+    def call(name: str) -> None:
+        values[name] = paths[name]()
+
+    timed = interleaved({n: functools.partial(call, n) for n in paths}, warmup=1, reps=args.reps)
+    times = {name: t["times_s"] for name, t in timed.items()}
+    med = {name: t["median_s"] for name, t in timed.items()}
     diff = (values["streamed"] - values["teacher_forced"]).abs().max().item()
     row = {
         "shape": shape, "vocab": vocab, "length": length, "experts": experts,
