@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Checkpoints read from URIs are cached under this session's temp dir (Ray's workers, started
+    later, inherit the variable), not the system's, where every test run would leave copies."""
+    from raygan.data.storage import CACHE_VAR
+
+    os.environ[CACHE_VAR] = str(tmp_path_factory.mktemp("cache"))
+
+
 def seqgan_oracle_path() -> Path:
     if not SEQGAN_ORACLE.is_file():
         pytest.skip(f"SeqGAN oracle not present at {SEQGAN_ORACLE} (../shared/data is optional)")
@@ -83,7 +95,49 @@ def ray_cluster(tmp_path_factory):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        left = kill_leftovers(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        if left:
+            warnings.warn(f"killed Ray processes left after the cluster's shutdown: {left}",
+                          stacklevel=1)  # fmt: skip
+
+
+def kill_leftovers(ray_tmp: str, grace_s: float = 10.0) -> list[int]:
+    """Kill, by id, the processes (but this one) started under `ray_tmp` (their environment has
+    RAY_TMPDIR=ray_tmp) that are still alive `grace_s` after the cluster's shutdown: a Ray worker
+    that missed its raylet's exit (a Train controller once outlived a CI run by 17 minutes,
+    holding ~400 MB). Returns the ids killed; Linux only ([] without /proc)."""
+    deadline = time.monotonic() + grace_s
+    while (left := _started_under(ray_tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = []
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # exited meanwhile
+            continue
+        killed.append(pid)
+    return killed
+
+
+def _started_under(ray_tmp: str) -> list[int]:
+    marker = f"RAY_TMPDIR={ray_tmp}".encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # exited meanwhile, or another user's
+            continue
+    return [pid for pid in pids if pid != os.getpid() and _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent (a killed child of this process stays one)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ s3:// and gs:// on clusters) as well as a local path."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -79,9 +80,20 @@ def test_tune_writes_results_and_best_to_a_uri(ray_cluster, uri_data, tmp_path, 
     for name in ("tune.json", "results.json", "results.md", "metric.png", "best/state.pt"):
         assert (tmp_path / "tune" / name).is_file(), name
     local = resolve_checkpoint_dir(tune_uri)  # best/ found through the URI, copied locally
+    assert local.is_relative_to(os.environ[storage.CACHE_VAR])  # the session's (conftest)
     assert (local / "state.pt").is_file() and not str(local).startswith("file:")
     capsys.readouterr()
     assert main(["sample", "--checkpoint", f"{tune_uri}/best", "-n", "1"]) == 0
+
+
+def test_uri_copies_are_cached_under_raygan_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(storage.CACHE_VAR, str(tmp_path / "cache"))
+    a = storage.cache_dir("s3://bucket/run/final", "checkpoints")
+    assert a.parent == tmp_path / "cache" / "raygan-checkpoints"
+    assert storage.cache_dir("s3://bucket/run/final", "checkpoints") == a  # stable per URI
+    assert storage.cache_dir("s3://bucket/other/final", "checkpoints") != a
+    monkeypatch.delenv(storage.CACHE_VAR)
+    assert not storage.cache_dir("s3://bucket/run/final", "checkpoints").is_relative_to(tmp_path)
 
 
 def test_missing_uri_checkpoint_is_named(tmp_path):

@@ -18,6 +18,8 @@ import pyarrow.fs as pafs
 
 from raygan.core.errors import RayganError
 
+CACHE_VAR = "RAYGAN_CACHE_DIR"
+
 HASH_BLOCK_BYTES = 1 << 20  # sha256 streams files in blocks of this size
 
 
@@ -145,9 +147,10 @@ def download_dir(src: str | Path, local_dir: str | Path) -> Path:
 
 
 def cache_dir(uri: str, kind: str) -> Path:
-    """A stable local directory for a copy of `uri` (e.g. a checkpoint read from object storage)."""
+    """A stable local directory for a copy of `uri` (e.g. a checkpoint read from object storage),
+    under $RAYGAN_CACHE_DIR where set, else the system's temp dir."""
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"raygan-{kind}" / key
+    return Path(os.environ.get(CACHE_VAR) or tempfile.gettempdir()) / f"raygan-{kind}" / key
 
 
 def sync(local_dir: Path, dest: str | Path) -> None:
