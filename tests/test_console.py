@@ -145,7 +145,9 @@ def test_the_console_channel_lives_on_the_drivers_node_and_its_loss_is_not_the_r
     driver_node = ray.get_runtime_context().get_node_id()
     for _ in range(4):  # unpinned, a zero-CPU actor lands on either of the session's two nodes
         with TrainConsole(10, file=io.StringIO()) as console:
-            [channel] = list_actors(filters=[("name", "=", console.name), ("state", "=", "ALIVE")])
+            alive = [("name", "=", console.name), ("state", "=", "ALIVE")]
+            # this session's cluster by its address: another Ray on the machine must not answer
+            [channel] = list_actors(address=ray_cluster.address, filters=alive)
             assert channel.node_id == driver_node
     with TrainConsole(10, file=io.StringIO()) as console:
         ray.kill(ray.get_actor(console.name))  # as when its node is lost: leaving must not raise
