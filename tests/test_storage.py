@@ -96,6 +96,18 @@ def test_uri_copies_are_cached_under_raygan_cache_dir(tmp_path, monkeypatch):
     assert not storage.cache_dir("s3://bucket/run/final", "checkpoints").is_relative_to(tmp_path)
 
 
+def test_an_unusable_cache_dir_is_a_one_line_error(tmp_path, monkeypatch):
+    from raygan.run.checkpoint import STATE_FILE
+
+    remote = tmp_path / "remote" / "final"
+    remote.mkdir(parents=True)
+    (remote / STATE_FILE).write_text("{}")
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(storage.CACHE_VAR, str(tmp_path / "a_file"))
+    with pytest.raises(RayganError, match=f"cannot copy the checkpoint to .*{storage.CACHE_VAR}"):
+        resolve_checkpoint_dir(f"file://{remote}")
+
+
 def test_missing_uri_checkpoint_is_named(tmp_path):
     with pytest.raises(RayganError, match="holds no checkpoint"):
         resolve_checkpoint_dir(f"file://{tmp_path}/nothing")

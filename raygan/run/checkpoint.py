@@ -79,7 +79,12 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
     for candidate in (str(path), storage.join(path, "final"), storage.join(path, "best")):
         if storage.is_file(storage.join(candidate, STATE_FILE)):
             if storage.is_uri(candidate):
-                return storage.download_dir(candidate, storage.cache_dir(candidate, "checkpoints"))
+                local = storage.cache_dir(candidate, "checkpoints")
+                try:
+                    return storage.download_dir(candidate, local)
+                except OSError as exc:
+                    raise RayganError(f"{candidate}: cannot copy the checkpoint to {local} ({exc}); "
+                                      f"${storage.CACHE_VAR} says where copies go") from None  # fmt: skip
             return Path(candidate)
     raise RayganError(f"{path} holds no checkpoint ({STATE_FILE} not found, nor final/ or best/)")
 
