@@ -21,9 +21,10 @@ from raygan.run.tune_space import METRICS, load_space
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
 
-# Tiny trials: 2 MLE steps, 1 D step, 10 adversarial steps; a report every 2 steps.
+# Tiny trials: 2 MLE steps, 1 D step, 9 adversarial steps; a report every 2 steps. The last
+# report (step 12) falls on a perturbation point, where PBT must not act.
 TINY_FIXED = {
-    "batch_size": 8, "mle_steps": 2, "d_pretrain_steps": 1, "adv_steps": 10, "eval_samples": 32,
+    "batch_size": 8, "mle_steps": 2, "d_pretrain_steps": 1, "adv_steps": 9, "eval_samples": 32,
     "g_embed_dim": 8, "g_hidden_dim": 8, "d_embed_dim": 8, "d_hidden_dim": 8, "d_dropout": 0.0,
     "loss": "standard", "rng_streams": 2,
 }  # fmt: skip
@@ -210,6 +211,23 @@ def test_pbt_exploits_and_reapplies_the_mutated_hyperparameters(pbt_run):
     # A trial paused by synchronous PBT before its first own checkpoint restarts from the same
     # donor checkpoint again: one exploit, reported twice, listed once.
     assert checked >= summary["exploits"]
+
+
+def test_a_trials_last_report_is_no_perturbation_point(pbt_run):
+    """An exploit at a trial's last report would restart it from its donor's final checkpoint,
+    where it trains no further: the trial would end as a copy of its donor, summarized under
+    the donor's id and metrics. Every trial ends on its own last report instead."""
+    summary, tune_dir = pbt_run
+    reports = _reports(tune_dir)
+    total = apply_overrides(Config(), TINY_FIXED).schedule.total_steps
+    assert total % TINY_SPACE["perturbation_interval"] == 0  # the case under test
+    assert sorted(t["trial_id"] for t in summary["trials"]) == sorted(reports)
+    for trial in summary["trials"]:
+        rows = reports[trial["trial_id"]]
+        assert [row["final"] for row in rows] == [False] * (len(rows) - 1) + [True]
+        assert rows[-1]["step"] == trial["steps"] == total
+        assert trial["final_metric"] == rows[-1]["nll_oracle"]
+        assert all(event["step"] < total for event in trial["lineage"])
 
 
 def test_pbt_outputs(pbt_run, capsys):

@@ -617,7 +617,8 @@ def _record_evaluation(held_out, gen, disc, cfg, step, phase, stats, stopper, bo
 
 def _checkpoint_and_report(ctx, cfg, state, metrics, step, phase, data_dir, extra_meta) -> None:
     reported = {k: v for k, v in metrics.items() if k != "samples"}
-    reported.update({"step": step, "phase": phase})
+    # final: the run's last report (PBT takes no decision on it: raygan.run.tune_space).
+    reported.update({"step": step, "phase": phase, "final": step >= cfg.schedule.total_steps})
     if ctx.rank != 0:
         ctx.report(reported, None)
         return

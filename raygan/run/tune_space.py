@@ -146,14 +146,25 @@ class SearchSpace:
         return {k: d.domain() for k, d in self.search.items()}
 
     def scheduler(self):
-        from ray.tune.schedulers import PopulationBasedTraining
+        from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+        class NoDecisionAtTheEnd(PopulationBasedTraining):
+            """PBT that takes no decision on a trial's last report: an exploit there would restart
+            the trial from its donor's final checkpoint, where it trains no further, and the
+            trial would end as a copy of its donor under a configuration it never trained with.
+            The report does not enter PBT's state either, so no trial copies a finished one."""
+
+            def on_trial_result(self, tune_controller, trial, result):
+                if result.get("final"):
+                    return TrialScheduler.CONTINUE
+                return super().on_trial_result(tune_controller, trial, result)
 
         def clamp(config: dict) -> dict:
             return {
                 k: self.search[k].clamp(v) if k in self.search else v for k, v in config.items()
             }
 
-        return PopulationBasedTraining(
+        return NoDecisionAtTheEnd(
             time_attr="step",
             perturbation_interval=self.perturbation_interval,
             hyperparam_mutations={k: d.mutation() for k, d in self.search.items()},
