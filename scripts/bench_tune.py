@@ -3,6 +3,8 @@ ranked by the frontier objective (how far below MLE's temperature curve a trial 
 
     python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~35 minutes on 2 CPUs
     python scripts/bench_tune.py --smoke-test                 # tiny sizes, checks the script
+    python scripts/bench_tune.py --adv-steps 200 --perturbation-interval 50 \
+        --json benchmarks/tune_200.json --section tune-200 --markdown BENCHMARKS.md   # ~65 minutes
 
 1. prepare: 10,000 training and 2,000 held-out samples of SeqGAN's oracle
    (../shared/data/seqgan_oracle/target_params.npz; a seeded random oracle when it is absent);
@@ -231,16 +233,30 @@ def report_text(result: dict) -> str:
     ])  # fmt: skip
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trials", type=int, help=f"trials per arm (default {FULL.trials})")
+    parser.add_argument("--adv-steps", type=int,
+                        help=f"adversarial steps per trial (default {FULL.adv_steps})")  # fmt: skip
+    parser.add_argument("--perturbation-interval", type=int,
+                        help=f"steps between PBT decisions (default {FULL.perturbation_interval}; "
+                             f"a multiple of the report interval, {FULL.report_every})")  # fmt: skip
+    parser.add_argument("--section", help="the BENCHMARKS.md section to write (default tune)")
+
+
 def measure(args: argparse.Namespace) -> dict:
+    given = {"trials": args.trials, "adv_steps": args.adv_steps,
+             "perturbation_interval": args.perturbation_interval}  # fmt: skip
+    sizes = dataclasses.replace(SMOKE if args.smoke_test else FULL,
+                                **{k: v for k, v in given.items() if v is not None})  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="raygan-bench-tune-"))
     try:
-        return run(SMOKE if args.smoke_test else FULL, work, args.smoke_test)
+        return run(sizes, work, args.smoke_test)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 BENCH = Benchmark(section="tune", default_json="benchmarks/tune.json", measure=measure,
-                  render=report_text)  # fmt: skip
+                  render=report_text, add_arguments=add_arguments)  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main(BENCH, __doc__.split("\n")[0]))
