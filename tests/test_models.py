@@ -347,6 +347,35 @@ def test_a_mixture_phi_scores_the_mean_of_its_experts_likelihoods_per_prefix():
     assert disc(tokens_BT, lengths_B)[0].abs().max() < 1e-5
 
 
+def test_phi_dropout_acts_while_d_trains_and_never_where_d_scores():
+    """phi_dropout regularises phi's language models in D's training steps; D's logit where it
+    is read (rewards: without_dropout; metrics: eval) is the same D's without dropout, and the
+    checkpoint layout is unchanged."""
+    from raygan.core.gan import rollout_rewards, without_dropout
+
+    cfg = dataclasses.replace(TINY_TEXT, d_form="log_ratio", d_experts=2, phi_dropout=0.5)
+    torch.manual_seed(0)
+    gen = Generator(cfg)
+    disc = make_discriminator(cfg, gen)
+    plain = make_discriminator(dataclasses.replace(cfg, phi_dropout=0.0), gen)
+    assert disc.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(disc.state_dict())
+    samples = gen.sample(12, generator=torch.Generator().manual_seed(1))
+    tokens_BT, lengths_B = samples.tokens_BT, samples.lengths_B
+    trained = disc.train()(tokens_BT, lengths_B)[1]
+    assert not torch.allclose(trained, disc(tokens_BT, lengths_B)[1])  # dropout draws differ
+    expected = plain.eval()(tokens_BT, lengths_B)[1]
+    torch.testing.assert_close(disc.eval()(tokens_BT, lengths_B)[1], expected)
+    with without_dropout(disc), torch.no_grad():
+        torch.testing.assert_close(disc(tokens_BT, lengths_B)[1], expected)
+        rewards_BT = rollout_rewards(gen, disc, samples, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain_BT = rollout_rewards(gen, plain, samples, 3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(rewards_BT, plain_BT)
+    assert disc.lm.dropout.p == 0.5  # restored after scoring
+    assert isinstance(gen.dropout, torch.nn.Identity)  # G itself never drops
+
+
 def test_log_ratio_d_refuses_what_has_no_likelihood():
     from raygan.core.config import Config
 
@@ -358,5 +387,9 @@ def test_log_ratio_d_refuses_what_has_no_likelihood():
         dataclasses.replace(TINY, d_form="ratio")
     with pytest.raises(RayganError, match=r"d_experts=2 mixes D's language models.*d_experts=1"):
         dataclasses.replace(TINY, d_experts=2)
+    with pytest.raises(RayganError, match=r"phi_dropout=0.3 regularises .* d_dropout is the class"):
+        dataclasses.replace(TINY, phi_dropout=0.3)
+    with pytest.raises(RayganError, match=r"phi_dropout must be in \[0, 1\), got 1.0"):
+        dataclasses.replace(TINY, d_form="log_ratio", phi_dropout=1.0)
     with pytest.raises(RayganError, match=r"d_mle_steps=5 trains D's language model.*set d_mle_s"):
         Config.from_dict({"d_mle_steps": 5})  # the classifier has no likelihood to maximise

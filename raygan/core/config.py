@@ -63,6 +63,10 @@ class ModelConfig:
     """log_ratio only: phi is the equal mixture of this many language models of D's sizes, each
     from its own initialisation (p_phi = mean_k p_k): a mixture's log-likelihood of any
     sequence is at least the mean of its members' (Jensen), at K times phi's cost."""
+    phi_dropout: float = 0.0
+    """log_ratio only: dropout on each of phi's language models' embeddings and LSTM outputs
+    while D trains (its maximum-likelihood pretraining included); D scores without it. The usual
+    regulariser of a language model against memorising its training rows."""
     start_id: int = 0
     """Token fed to G at t=0: BOS for text corpora, 0 for the SeqGAN oracle."""
     eos_id: int | None = None
@@ -79,8 +83,14 @@ class ModelConfig:
             raise RayganError(
                 f"z_dim and g_init_std must be >= 0, got {self.z_dim} and {self.g_init_std}"
             )
-        if not 0.0 <= self.d_dropout < 1.0:
-            raise RayganError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
+        for name in ("d_dropout", "phi_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise RayganError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.phi_dropout and self.d_form != "log_ratio":
+            raise RayganError(
+                f"phi_dropout={self.phi_dropout} regularises the language models of "
+                f"d_form=log_ratio (got d_form={self.d_form!r}); d_dropout is the classifier's"
+            )
         _check_choice(self, "d_form", D_FORMS)
         if self.d_experts > 1 and self.d_form != "log_ratio":
             raise RayganError(

@@ -52,9 +52,12 @@ def log_probs(
 class Generator(nn.Module):
     """Embedding -> LSTM -> vocab logits, with an optional per-sequence latent z at every step."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, dropout: float = 0.0):
         super().__init__()
         self.cfg = cfg
+        # Teacher-forced training only (forward), on the embeddings and LSTM outputs: phi's
+        # models in a log_ratio D (phi_dropout). G itself has none; sampling never drops.
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.g_embed_dim)
         self.lstm = nn.LSTM(
             cfg.g_embed_dim + cfg.z_dim, cfg.g_hidden_dim, num_layers=cfg.g_layers, batch_first=True
@@ -112,8 +115,8 @@ class Generator(nn.Module):
         if self.cfg.z_dim and z_BZ is None:
             z_BZ = torch.zeros(tokens_BT.shape[0], self.cfg.z_dim, device=tokens_BT.device)
         inputs_BT = torch.cat([self.start_tokens(tokens_BT.shape[0])[:, None], tokens_BT[:, :-1]], dim=1)
-        out_BTH, _ = self.lstm(self.inputs(self.embed(inputs_BT), z_BZ))
-        return self.head(out_BTH)  # (B, T, V)
+        out_BTH, _ = self.lstm(self.inputs(self.dropout(self.embed(inputs_BT)), z_BZ))
+        return self.head(self.dropout(out_BTH))  # (B, T, V)
 
     def _gumbel_rollout(self, num, beta, z_BZ, generator):
         if self.cfg.z_dim and z_BZ is None:
@@ -253,8 +256,10 @@ class LogRatioDiscriminator(nn.Module):
             cfg, g_embed_dim=cfg.d_embed_dim, g_hidden_dim=cfg.d_hidden_dim,
             g_layers=cfg.d_layers, z_dim=0,
         )  # fmt: skip
-        self.lm = Generator(lm_cfg)
-        self.more = nn.ModuleList(Generator(lm_cfg) for _ in range(cfg.d_experts - 1))
+        self.lm = Generator(lm_cfg, dropout=cfg.phi_dropout)
+        self.more = nn.ModuleList(
+            Generator(lm_cfg, dropout=cfg.phi_dropout) for _ in range(cfg.d_experts - 1)
+        )
         self._gen = (gen,)  # a tuple: not a submodule, so not in D's parameters or state
         self.chunk = 32  # rows scored at a time (a rollout step scores (T-1) x M x B of them)
 
