@@ -8,6 +8,7 @@ checked in-process, without Ray.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import re
@@ -535,10 +536,10 @@ def test_haproxy_listens_on_loopback_only(server):
 
 
 @pytest.mark.skipif(not haproxy_available(), reason="needs HAProxy (the Python proxy's limit)")
-def test_a_replica_killed_under_load_fails_no_request(server, checkpoints):
+def test_a_replica_killed_under_load_fails_no_request_it_had_not_begun_to_answer(server, checkpoints):
     """Two replicas under load from 6 plain urllib clients (no resending of their own); one is
     killed: every request is answered 200 (HAProxy retries the dying replica's requests on the
-    other) until Serve has replaced it."""
+    other) until Serve has replaced it, except a response the replica was writing as it died."""
     import ray
     from ray import serve
 
@@ -562,6 +563,8 @@ def test_a_replica_killed_under_load_fails_no_request(server, checkpoints):
             body = {"n": 4} if i % 2 else {"n": 4, "seed": i}  # unseeded: HAProxy's seed
             try:
                 outcomes.append(_post(server, body)[0])
+            except http.client.IncompleteRead as exc:  # headers came, then the body was cut
+                outcomes.append(("cut", repr(exc)))
             except Exception as exc:  # a dropped connection counts as a failure
                 outcomes.append(repr(exc))
 
@@ -588,8 +591,14 @@ def test_a_replica_killed_under_load_fails_no_request(server, checkpoints):
     assert len(outcomes) - seen > 20
     # Neither an error status nor a connection closed unanswered: HAProxy read each request
     # whole (ray_env.BUFFER_REQUEST), so it could resend the dead replica's requests.
-    failed = [o for o in outcomes if o != 200]
+    failed = [o for o in outcomes if o != 200 and not isinstance(o, tuple)]
     assert not failed, failed[:5]
+    # A response whose headers had gone out when the replica died is cut (rare: none in 40,055
+    # requests over 28 kills in scripts/probe_replica_kills.py, one in a CI run). No proxy
+    # resends a response it has begun to forward, which is why raygan.serve.client resends a
+    # cut body. Each client has one request in flight, so the kill cuts at most one each.
+    cut = [o for o in outcomes if isinstance(o, tuple)]
+    assert len(cut) <= len(threads), cut
 
 
 @pytest.mark.skipif(not haproxy_available(), reason="needs HAProxy (the limits are HAProxy's)")
