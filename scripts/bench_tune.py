@@ -4,7 +4,7 @@ ranked by the frontier objective (how far below MLE's temperature curve a trial 
     python scripts/bench_tune.py --markdown BENCHMARKS.md     # ~35 minutes on 2 CPUs
     python scripts/bench_tune.py --smoke-test                 # tiny sizes, checks the script
     python scripts/bench_tune.py --adv-steps 200 --perturbation-interval 50 \
-        --json benchmarks/tune_200.json --section tune-200 --markdown BENCHMARKS.md   # ~65 minutes
+        --json benchmarks/tune_200.json --section tune-200 --markdown BENCHMARKS.md   # ~33 minutes
 
 1. prepare: 10,000 training and 2,000 held-out samples of SeqGAN's oracle
    (../shared/data/seqgan_oracle/target_params.npz; a seeded random oracle when it is absent);
