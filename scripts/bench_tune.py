@@ -44,6 +44,7 @@ from raygan.run.checkpoint import copy_checkpoint
 from raygan.run.loop import RunSpec, WorkerContext, train_loop
 from raygan.run.train import resolve_config
 from raygan.run.tune import run_tune
+from raygan.run.tune_space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
 SEQGAN_ORACLE = REPO.parent / "shared/data/seqgan_oracle/target_params.npz"
@@ -164,6 +165,8 @@ def run(s: Sizes, work: Path, smoke: bool) -> dict:
     from raygan.run.ray_env import ray_environment
 
     torch.set_num_threads(1)
+    space = space_file(s, work)
+    load_space(space)  # --trials/--adv-steps/--perturbation-interval checked before pretraining
     data, oracle = prepare(s, work, smoke)
     recipe = space_recipe()
     pre = pretrain(s, data, work, recipe)
@@ -171,7 +174,6 @@ def run(s: Sizes, work: Path, smoke: bool) -> dict:
           f"({pre['wall_s']:.0f} s)", flush=True)  # fmt: skip
     ray_environment()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    space = space_file(s, work)
     overrides = {**dict(s.model), "init_from": pre["checkpoint"], "d_pretrain_steps": 0}
     try:
         arms = {}
