@@ -48,6 +48,7 @@ SMALL = {
     "run_eval_samples": 128,
     "temperatures": (0.7, 0.9, 1.0, 1.2),
     "gan_temperatures": (0.8, 1.0),
+    "matched_temperatures": (0.9, 1.0),
     "recipe_overrides": {
         "seqgan": {**_TINY_STEPS, "mle_steps": 48},
         "relgan": {**_TINY_STEPS, "d_pretrain_steps": 0, "mle_steps": 48},

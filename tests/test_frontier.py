@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from raygan.core.frontier import curve_at, dominated, frontier_distance, pareto_front
+from raygan.core.frontier import curve_at, curve_gap, dominated, frontier_distance, pareto_front
 from raygan.core.metrics import (
     d_accuracy_key,
     d_log_ratio_correlation,
@@ -53,6 +53,17 @@ def test_distance_outside_the_sweep_is_nan_not_extrapolated():
     assert math.isnan(frontier_distance(SWEEP, (7.5, 9.0)))  # more coverage than any T reaches
     assert math.isnan(frontier_distance(SWEEP, (7.9, 8.0)))
     assert math.isnan(curve_at([], 1.0))
+
+
+def test_a_models_own_curve_against_the_reference_at_matched_x():
+    # A GAN's sweep (T = 0.8, 1.0, 1.2); at 7.7 its curve runs a third of the way from
+    # (7.6, 9.5) to (7.9, 8.3): 9.1, where MLE's is at its T=0.9 point, 9.2.
+    gan = [(7.9, 8.3), (7.6, 9.5), (7.58, 9.9)]
+    assert curve_gap(gan, SWEEP, 7.7) == pytest.approx(-0.1)
+    assert curve_gap(gan, SWEEP, 7.6) == pytest.approx(0.0)  # both through (7.6, 9.5)
+    assert curve_gap(SWEEP, SWEEP, 7.65) == pytest.approx(0.0)  # MLE against itself
+    assert math.isnan(curve_gap(gan, SWEEP, 7.57))  # the GAN's sweep does not reach it
+    assert math.isnan(curve_gap(gan, SWEEP, 7.85))  # nor MLE's
 
 
 def test_dominance_uses_the_reference_curve_between_its_points():

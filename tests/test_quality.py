@@ -25,10 +25,17 @@ from raygan.bench.quality import (
     finite,
     mean_std,
 )
-from raygan.bench.quality_oracle import _far_below, first_reach, time_curve
+from raygan.bench.quality_oracle import (
+    _far_below,
+    _targets,
+    _versus_control,
+    first_reach,
+    matched_distances,
+    time_curve,
+)
 from raygan.bench.quality_report import markdown
 from raygan.core.errors import RayganError
-from raygan.core.frontier import frontier_distance
+from raygan.core.frontier import curve_gap, frontier_distance
 from raygan.core.metrics import frechet_distance, mean_token_nll
 from raygan.core.models import Generator
 from raygan.run.events import read_scalars
@@ -115,7 +122,21 @@ def test_small_mode_writes_json_png_and_table_from_json(ray_cluster, tmp_path):
         else:
             assert 0 <= d["adversarial_mean"] <= 1 and 0 <= d["after_pretraining"] <= 1
             assert -1 <= run["d_log_ratio"] <= 1
-    assert runs["seqgan"]["sweep"] and "sweep" not in runs["seqgan/constant"]
+    # every run, its control too, is swept on every seed, and its own curve is read against
+    # MLE's at the NLL_test MLE's best epoch has at each matched temperature
+    mle_at = {p["temperature"]: p["nll_test"] for p in mle["sweep"]}
+    for name, run in runs.items():
+        if name != "mle":
+            assert [p["temperature"] for p in run["sweep"]] == list(plan["gan_temperatures"])
+        own = [(p["nll_test"], p["nll_oracle"]) for p in run["sweep"]]
+        assert set(run["matched"]) == {f"{t:g}" for t in plan["matched_temperatures"]}
+        for t in plan["matched_temperatures"]:
+            gap = curve_gap(own, [tuple(p) for p in envelope], mle_at[t])
+            got = run["matched"][f"{t:g}"]
+            assert got == pytest.approx(gap) or (got is None and math.isnan(gap))
+        lowest = min(x for x, _ in own) - envelope[0][0]
+        assert run["lowest_nll_test_vs_mle"] == pytest.approx(lowest)
+    assert runs["mle"]["lowest_nll_test_vs_mle"] >= 0  # MLE's own sweep is part of its curve
     for recipe in ("seqgan", "ratio"):
         comparison = oracle["comparisons"][recipe]
         diff = runs[recipe]["distance"] - runs[f"{recipe}/constant"]["distance"]
@@ -252,6 +273,37 @@ def test_moonshot_rule_needs_every_seed_far_below_the_curve_beyond_three_sigma()
     assert not _far_below([-0.20])  # one seed has no spread to judge by
 
 
+def _sweep_of(points: list[tuple[float, float, float]]) -> list[dict]:
+    return [{"temperature": t, "nll_test": x, "nll_oracle": y} for t, x, y in points]
+
+
+def test_own_curves_are_read_at_mles_nll_test_and_set_against_the_control():
+    mle = _sweep_of([(0.8, 7.8, 8.8), (0.9, 7.7, 9.2), (1.0, 7.6, 9.5), (1.1, 7.55, 9.7)])
+    envelope = [(7.55, 9.7), (7.6, 9.5), (7.7, 9.2), (7.8, 8.8)]
+    # at MLE's T=0.9 NLL_test (7.7) the GAN's curve runs a third of the way from its T=1 point
+    # to its T=0.8 one: 9.5 - 1.2 / 3 = 9.1; at T=0.8's (7.8) two thirds: 8.7; T=1's: 9.5
+    gan = _sweep_of([(0.8, 7.9, 8.3), (1.0, 7.6, 9.5), (1.2, 7.58, 9.9)])
+    assert matched_distances(gan, envelope, mle, (0.8, 0.9, 1.0)) == {
+        "0.8": pytest.approx(-0.1), "0.9": pytest.approx(-0.1), "1": pytest.approx(0.0)}
+    # a sweep that stops short of an MLE temperature's NLL_test says so rather than extrapolate
+    short = _sweep_of([(0.8, 7.75, 8.9), (1.0, 7.6, 9.5)])
+    assert matched_distances(short, envelope, mle, (0.8, 0.9))["0.8"] is None
+
+    def seed(gan_at: float, control_at: float) -> dict:
+        return {"runs": {"r": {"distance": 0.0, "matched": {"0.9": gan_at}},
+                         "r/constant": {"distance": 0.0, "matched": {"0.9": control_at}}}}
+
+    seeds = {"0": seed(-0.20, -0.01), "1": seed(-0.15, 0.00), "2": seed(-0.18, 0.02)}
+    versus = _versus_control(seeds, "r")["matched"]["0.9"]
+    assert versus["differences"] == [pytest.approx(d) for d in (-0.19, -0.15, -0.20)]
+    assert versus["adversarial"]  # -0.18 mean, 0.026 std
+    plan = QualityPlan(out="out", recipes=("r",), oracle_path=None)
+    assert _targets(plan, seeds)["moonshot_matched"] == {"0.9": ["r"]}
+    seeds["2"] = seed(None, 0.02)  # one seed's sweep short of the NLL_test: no claim
+    assert _targets(plan, seeds)["moonshot_matched"] == {"0.9": []}
+    assert _versus_control(seeds, "r")["matched"]["0.9"]["n"] == 2
+
+
 def _text_run(method: str, seed: int, over: float | None, bleu4: float = 0.25) -> dict:
     scores = {f"{k}{n}": bleu4 for k in ("bleu", "self_bleu") for n in (2, 3, 4, 5)}
     return {"method": method, "seed": seed, **scores, "nll_test": 4.5, "fed": 0.4,
@@ -350,6 +402,7 @@ def test_frechet_distance_matches_the_gaussian_closed_form():
         ({"recipes": ("seqgan", "segan")}, "unknown recipe 'segan'"),
         ({"temperatures": (0.5, 1.5)}, "include 1.0"),
         ({"temperatures": (0.0, 1.0)}, "> 0"),
+        ({"matched_temperatures": (0.88,)}, "must be among MLE's sweep"),
         ({"seeds": ()}, "at least one seed"),
         ({"oracle_path": "/nonexistent/target_params.npz"}, "no such file"),
         ({"text_train": __file__}, "both a training and a test file"),

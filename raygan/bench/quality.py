@@ -95,8 +95,12 @@ class QualityPlan:
     temperatures: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97,
                                        1.0, 1.03, 1.05, 1.1, 1.2, 1.3)  # fmt: skip
     """MLE's sweep: dense near T=1, where a chord between two points overstates the curve."""
-    gan_temperatures: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.2)
-    """Each recipe's sweep on the first seed, for the plot."""
+    gan_temperatures: tuple[float, ...] = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+    """Every recipe's and control's sweep, every seed: its own temperature curve."""
+    matched_temperatures: tuple[float, ...] = (0.8, 0.9, 1.0)
+    """Where each model's own curve is read against MLE's: at the NLL_test of MLE's best epoch
+    at these temperatures (a subset of `temperatures`), matched points away from the curve's
+    steep end near MLE's lowest NLL_test, where a small step left reads as far below."""
     recipe_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Per recipe, keys set over it in this benchmark (e.g. the small mode's step budgets)."""
     text_recipes: tuple[str, ...] = ("ratio",)
@@ -125,6 +129,9 @@ class QualityPlan:
         for temps in (self.temperatures, self.gan_temperatures, self.text_temperatures):
             if any(t <= 0 for t in temps) or 1.0 not in temps:
                 raise RayganError("temperatures must be > 0 and include 1.0")
+        if not set(self.matched_temperatures) <= set(self.temperatures):
+            raise RayganError(f"matched temperatures {self.matched_temperatures} must be among "
+                              f"MLE's sweep {self.temperatures}")  # fmt: skip
         for path in (self.oracle_path, self.text_train, self.text_test):
             if path and not Path(path).is_file():
                 raise RayganError(f"{path}: no such file")

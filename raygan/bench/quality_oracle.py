@@ -26,7 +26,7 @@ from raygan.bench.quality import (
     train,
 )
 from raygan.core.errors import RayganError
-from raygan.core.frontier import frontier_distance, pareto_front
+from raygan.core.frontier import curve_gap, frontier_distance, pareto_front
 
 
 def oracle_benchmark(plan: QualityPlan, out: Path, log) -> dict[str, Any]:
@@ -209,9 +209,8 @@ def _seed(
             }  # fmt: skip
             if name == recipe:  # the control never trains its D
                 runs[name]["d_log_ratio"] = d_signal(run["checkpoint"], seed)
-            if seed == plan.seeds[0] and name == recipe:
-                runs[name]["sweep"] = _sweep(lambda c, t, _: score(c, t, seed), run["checkpoint"],
-                                             plan.gan_temperatures, runs[name])  # fmt: skip
+            runs[name]["sweep"] = _sweep(lambda c, t, _: score(c, t, seed), run["checkpoint"],
+                                         plan.gan_temperatures, runs[name])  # fmt: skip
             log(f"oracle {name} seed {seed}: NLL_oracle {runs[name]['nll_oracle']:.4f} "
                 f"NLL_test {runs[name]['nll_test']:.4f}")  # fmt: skip
     envelope = pareto_front((p["nll_test"], p["nll_oracle"]) for c in curves.values()
@@ -227,6 +226,9 @@ def _seed(
         start_curve = curves.get(run.get("start") or "")
         run["distance_to_start"] = None if start_curve is None else finite_or_none(
             frontier_distance(_points(start_curve["sweep"]), point))  # fmt: skip
+        run["matched"] = matched_distances(run["sweep"], envelope, curves[best["path"]]["sweep"],
+                                           plan.matched_temperatures)  # fmt: skip
+        run["lowest_nll_test_vs_mle"] = min(p["nll_test"] for p in run["sweep"]) - envelope[0][0]
     return {
         "mle_run": {"run_dir": mle["run_dir"], "wall_s": mle["wall_s"], "train_s": mle["train_s"],
                     "best_step": best["step"], "last_step": last["step"],
@@ -236,6 +238,16 @@ def _seed(
         "novel_envelope": novel_envelope,
         "runs": runs,
     }
+
+
+def matched_distances(sweep: list[dict], envelope: list, mle_sweep: list[dict],
+                      temperatures) -> dict[str, float | None]:
+    """A model's own temperature curve against MLE's, by MLE temperature T: its curve minus
+    MLE's curve at the NLL_test MLE's best epoch has at T (None where its sweep does not reach
+    that NLL_test)."""
+    at = {p["temperature"]: p["nll_test"] for p in mle_sweep}
+    return {f"{t:g}": finite_or_none(curve_gap(_points(sweep), envelope, at[t]))
+            for t in temperatures}  # fmt: skip
 
 
 def _points(sweep: list[dict]) -> list[tuple[float, float]]:
@@ -279,6 +291,9 @@ def _summary(seeds: dict[str, dict], method: str, goal: float | None) -> dict[st
             "wall_s", "d_log_ratio", "nll_oracle_novel", "novel_share", "distance_novel")  # fmt: skip
     out: dict[str, Any] = {k: mean_std([r.get(k) for r in runs]) for k in keys}
     out["n"] = len(runs)
+    out["lowest_nll_test_vs_mle"] = mean_std([r.get("lowest_nll_test_vs_mle") for r in runs])
+    out["matched"] = {t: mean_std([r.get("matched", {}).get(t) for r in runs])
+                      for t in _matched_keys(runs)}  # fmt: skip
     curves = [r.get("time_curve") or [] for r in runs]
     out["train_s_from_scratch"] = mean_std([c[-1]["train_s"] if c else None for c in curves])
     if goal is not None:
@@ -301,7 +316,15 @@ def _versus_control(seeds: dict[str, dict], recipe: str) -> dict[str, Any]:
         return [a - b for a, b in pairs if a is not None and b is not None]
 
     diffs = minus_control("distance")
+    matched = {}  # the same on the recipe's own curve at matched NLL_test, by MLE temperature
+    for t in _matched_keys([s["runs"][recipe] for s in seeds.values()]):
+        pairs = [(s["runs"][recipe].get("matched", {}).get(t),
+                  s["runs"][control_name(recipe)].get("matched", {}).get(t))
+                 for s in seeds.values()]  # fmt: skip
+        at_t = [a - b for a, b in pairs if a is not None and b is not None]
+        matched[t] = {"differences": at_t, **mean_std(at_t), "adversarial": beats(at_t)}
     return {"differences": diffs, **mean_std(diffs), "adversarial": beats(diffs),
+            "matched": matched,
             "nll_oracle_differences": minus_control("nll_oracle"),
             "nll_oracle_novel_differences": minus_control("nll_oracle_novel"),
             "distance_novel_differences": minus_control("distance_novel")}  # fmt: skip
@@ -322,7 +345,17 @@ def _targets(plan: QualityPlan, seeds: dict[str, dict]) -> dict[str, Any]:
     for target, key in (("moonshot", "distance"), ("moonshot_novel", "distance_novel")):
         targets[target] = {"recipes": [r for r in plan.recipes if _far_below(
             [s["runs"][r].get(key) for s in seeds.values()])]}  # fmt: skip
+    targets["moonshot_matched"] = {  # by MLE temperature: the recipe's own curve there
+        t: [r for r in plan.recipes if _far_below([s["runs"][r].get("matched", {}).get(t)
+                                                   for s in seeds.values()])]
+        for t in _matched_keys([run for s in seeds.values() for run in s["runs"].values()])
+    }  # fmt: skip
     return targets
+
+
+def _matched_keys(runs: list[dict]) -> list[str]:
+    """The MLE temperatures the runs' own curves were read at (none in results from before)."""
+    return list(dict.fromkeys(t for r in runs for t in r.get("matched", {})))
 
 
 def _far_below(distances: list[float | None]) -> bool:

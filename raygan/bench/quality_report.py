@@ -118,6 +118,7 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
                             "novel distance vs control"], rows),
             "",
         ]  # fmt: skip
+    lines += _matched_markdown(o, plan)
     t = o["targets"]
     if "reproduce" in t:
         r = t["reproduce"]
@@ -134,6 +135,10 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
     if "moonshot_novel" in t:
         names = ", ".join(f"`{n}`" for n in t["moonshot_novel"]["recipes"]) or "none"
         lines.append(f"- The same over novel samples (distance, novel; every seed scored): {names}.")
+    if t.get("moonshot_matched"):
+        at = "; ".join(f"at MLE's T={temp}: " + (", ".join(f"`{n}`" for n in names) or "none")
+                       for temp, names in t["moonshot_matched"].items())  # fmt: skip
+        lines.append(f"- The same on each recipe's own curve at matched NLL_test: {at}.")
     lines += [
         "",
         "Published NLL_oracle on this oracle: "
@@ -148,6 +153,43 @@ def _oracle_markdown(o: dict, plan: dict, workers: str) -> list[str]:
                     for p in curve) + ".",
         "",
     ]
+    return lines
+
+
+def _matched_markdown(o: dict, plan: dict) -> list[str]:
+    """Each model's own temperature curve against MLE's at matched NLL_test (results from before
+    these were measured have none: no table)."""
+    from raygan.bench.markdown import markdown_table
+
+    temps = list(dict.fromkeys(t for s in o["summary"].values() for t in s.get("matched", {})))
+    if not temps:
+        return []
+    own = ", ".join(f"{t:g}" for t in plan["gan_temperatures"])
+    rows = [[m, *(_pm(s["matched"].get(t)) for t in temps), _pm(s.get("lowest_nll_test_vs_mle"))]
+            for m, s in o["summary"].items()]  # fmt: skip
+    lines = [
+        f"**Own curves at matched NLL_test.** Every model is also sampled at T = {own} on every "
+        "seed; its own curve (the Pareto front of those points) minus MLE's curve, read at the "
+        "NLL_test that MLE's best epoch has at T = " + ", ".join(temps) + " (negative: below, "
+        "better; — where its sweep does not reach that NLL_test). Unlike the distance at T=1, "
+        "this does not hang on where a model's T=1 point lands: near MLE's lowest NLL_test the "
+        "curve is steep, and a small step left reads as far below. Lowest NLL_test: the lowest "
+        "over its own sweep minus the lowest over MLE's curve (negative: it fits the held-out "
+        "sequences better than any temperature of any MLE epoch).",
+        "",
+        markdown_table(["model", *(f"at MLE's T={t}" for t in temps), "lowest NLL_test"], rows),
+        "",
+    ]
+    rows = [[r, f"T={t}", _per_seed(m["differences"]), _pm(m), _yes(m["adversarial"])]
+            for r, c in o["comparisons"].items() for t, m in c.get("matched", {}).items()]
+    if rows:
+        lines += [
+            "Each recipe's own curve against its constant control's at the same NLL_test (per "
+            "seed; adversarial = below 0 by more than 3 standard deviations):",
+            "",
+            markdown_table(["recipe", "at MLE's", "per seed", "mean ± std", "adversarial"], rows),
+            "",
+        ]
     return lines
 
 
@@ -256,6 +298,8 @@ def _colors(o: dict) -> dict[str, str]:
 
 
 def _frontier_panel(ax, result: dict) -> None:
+    from raygan.core.frontier import pareto_front
+
     o = result["oracle"]
     colors = _colors(o)
     for i, (seed, s) in enumerate(o["seeds"].items()):
@@ -266,10 +310,18 @@ def _frontier_panel(ax, result: dict) -> None:
             marker = "x" if method.endswith("/constant") else "o"
             ax.scatter(run["nll_test"], run["nll_oracle"], color=color, marker=marker, s=30,
                        label=method if seed == next(iter(o["seeds"])) else None)  # fmt: skip
+    seed, s = next(iter(o["seeds"].items()))
+    for method, run in s["runs"].items():  # the first seed's own curves, thin
+        if method != "mle" and len(run.get("sweep", [])) > 1:
+            xs, ys = zip(*pareto_front((p["nll_test"], p["nll_oracle"]) for p in run["sweep"]),
+                         strict=True)  # fmt: skip
+            ax.plot(xs, ys, color=colors[method.split("/")[0]], lw=0.8, alpha=0.7,
+                    ls="--" if method.endswith("/constant") else "-")  # fmt: skip
     if o["source"] == "seqgan":
         ax.axhline(SEQGAN_GOAL, color="grey", ls=":", lw=1, label=f"SeqGAN's {SEQGAN_GOAL}")
     ax.set(xlabel="NLL_test (lower: more coverage)", ylabel="NLL_oracle at T=1 (lower: better samples)",
-           title="Oracle: every seed's final point; a line per seed: MLE's curve")  # fmt: skip
+           title=f"Oracle: every seed's T=1 point, MLE's curve per seed;\n"
+                 f"thin: seed {seed}'s own temperature curves")  # fmt: skip
     ax.legend(fontsize=7)
 
 

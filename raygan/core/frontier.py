@@ -14,6 +14,8 @@ counts as an improvement only where it lies below the curve, not where its y alo
   i.e. better than every temperature of MLE. MLE at any of the curve's temperatures scores 0
   by construction, so as an objective (PBT's `frontier_distance`) no temperature knob can win
   it, while NLL_oracle alone is won by the coldest, lowest-entropy model.
+- `curve_gap`: one model's own temperature curve minus the reference curve at the same x (matched
+  NLL_test), which does not hang on where the model's T=1 point happens to land.
 - `dominated`: whether every point of a curve is matched or beaten by the reference curve.
 """
 
@@ -65,6 +67,12 @@ def frontier_distance(
     above the extended curve)."""
     x, y = point
     return y - curve_at(reference, x, extrapolate=extrapolate)
+
+
+def curve_gap(curve: Iterable[Point], reference: Iterable[Point], x: float) -> float:
+    """`curve`'s front minus `reference`'s front at x (negative: below, better); NaN where either
+    does not reach x."""
+    return curve_at(curve, x) - curve_at(reference, x)
 
 
 def dominated(curve: Sequence[Point], reference: Sequence[Point]) -> bool:
