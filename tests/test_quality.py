@@ -289,14 +289,19 @@ def test_own_curves_are_read_at_mles_nll_test_and_set_against_the_control():
     short = _sweep_of([(0.8, 7.75, 8.9), (1.0, 7.6, 9.5)])
     assert matched_distances(short, envelope, mle, (0.8, 0.9))["0.8"] is None
 
-    def seed(gan_at: float, control_at: float) -> dict:
-        return {"runs": {"r": {"distance": 0.0, "matched": {"0.9": gan_at}},
-                         "r/constant": {"distance": 0.0, "matched": {"0.9": control_at}}}}
+    def seed(gan_at: float, control_at: float, lowest: float = -0.01) -> dict:
+        return {"runs": {
+            "r": {"distance": 0.0, "matched": {"0.9": gan_at}, "lowest_nll_test_vs_mle": lowest},
+            "r/constant": {"distance": 0.0, "matched": {"0.9": control_at},
+                           "lowest_nll_test_vs_mle": 0.0}}}  # fmt: skip
 
-    seeds = {"0": seed(-0.20, -0.01), "1": seed(-0.15, 0.00), "2": seed(-0.18, 0.02)}
-    versus = _versus_control(seeds, "r")["matched"]["0.9"]
-    assert versus["differences"] == [pytest.approx(d) for d in (-0.19, -0.15, -0.20)]
-    assert versus["adversarial"]  # -0.18 mean, 0.026 std
+    seeds = {"0": seed(-0.20, -0.01), "1": seed(-0.15, 0.00), "2": seed(-0.18, 0.02, 0.01)}
+    versus = _versus_control(seeds, "r")
+    assert versus["matched"]["0.9"]["differences"] == [pytest.approx(d) for d in (-0.19, -0.15, -0.20)]
+    assert versus["matched"]["0.9"]["adversarial"]  # -0.18 mean, 0.026 std
+    # the lowest NLL_test over the sweep against the control's: one seed the other way
+    assert versus["lowest_nll_test"]["differences"] == [-0.01, -0.01, 0.01]
+    assert not versus["lowest_nll_test"]["adversarial"]
     plan = QualityPlan(out="out", recipes=("r",), oracle_path=None)
     assert _targets(plan, seeds)["moonshot_matched"] == {"0.9": ["r"]}
     seeds["2"] = seed(None, 0.02)  # one seed's sweep short of the NLL_test: no claim

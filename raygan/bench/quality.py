@@ -17,8 +17,14 @@ Oracle (SeqGAN's, or a seeded random one), for every seed:
    samples), its frontier distance (NLL_oracle minus MLE's curve at its NLL_test; negative is
    below the curve), its distance to its starting checkpoint's own curve, the share of its
    4-grams found in the training set; D's held-out accuracy from the run's evaluations.
+5. Every final checkpoint, controls included, also over `gan_temperatures`: its own curve, read
+   against MLE's at the NLL_test MLE's best epoch has at each of `matched_temperatures` (a
+   figure that does not hang on where the T=1 point lands: near MLE's lowest NLL_test the curve
+   is steep, and a small step left reads as far below), and its lowest NLL_test over the sweep
+   against the lowest on MLE's curve (held-out fit, with no oracle in it).
 A recipe's change counts as adversarial where its distance beats its control's by more than 3
-standard deviations of their per-seed differences. Final iterates only; nothing is best-of-run.
+standard deviations of their per-seed differences (the same rule is applied to each figure of
+step 5). Final iterates only; nothing is best-of-run.
 
 Text (COCO captions), for every seed: MLE with a checkpoint per epoch, the one with the best
 held-out NLL swept over temperatures in (Self-BLEU-4, BLEU-4) (that seed's curve); each text

@@ -323,8 +323,11 @@ def _versus_control(seeds: dict[str, dict], recipe: str) -> dict[str, Any]:
                  for s in seeds.values()]  # fmt: skip
         at_t = [a - b for a, b in pairs if a is not None and b is not None]
         matched[t] = {"differences": at_t, **mean_std(at_t), "adversarial": beats(at_t)}
+    lowest = minus_control("lowest_nll_test_vs_mle")  # held-out fit, no oracle in it
     return {"differences": diffs, **mean_std(diffs), "adversarial": beats(diffs),
             "matched": matched,
+            "lowest_nll_test": {"differences": lowest, **mean_std(lowest),
+                                "adversarial": beats(lowest)},
             "nll_oracle_differences": minus_control("nll_oracle"),
             "nll_oracle_novel_differences": minus_control("nll_oracle_novel"),
             "distance_novel_differences": minus_control("distance_novel")}  # fmt: skip
