@@ -87,6 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipes", default=",".join(QualityPlan.recipes), help="shipped recipes")
     p.add_argument("--no-controls", action="store_true", help="skip the constant controls")
     p.add_argument("--mle-epochs", type=int, default=QualityPlan.mle_epochs)
+    p.add_argument(
+        "--eval-samples", type=int, default=QualityPlan.eval_samples,
+        help="samples scored for every final NLL_oracle and sweep point (published figures: "
+             "the default)",
+    )  # fmt: skip
     p.add_argument("--text-recipes", default=",".join(QualityPlan.text_recipes))
     p.add_argument("--text-mle-epochs", type=int, default=QualityPlan.text_mle_epochs)
     p.add_argument(
@@ -190,6 +195,7 @@ def _plan(args) -> QualityPlan:
         recipes=tuple(r for r in args.recipes.split(",") if r),
         controls=not args.no_controls,
         mle_epochs=args.mle_epochs,
+        eval_samples=args.eval_samples,
         text_recipes=tuple(r for r in args.text_recipes.split(",") if r),
         text_mle_epochs=args.text_mle_epochs,
         fed_model=args.fed_model,

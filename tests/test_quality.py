@@ -409,6 +409,7 @@ def test_frechet_distance_matches_the_gaussian_closed_form():
         ({"temperatures": (0.0, 1.0)}, "> 0"),
         ({"matched_temperatures": (0.88,)}, "must be among MLE's sweep"),
         ({"seeds": ()}, "at least one seed"),
+        ({"eval_samples": 0}, "eval_samples must be at least 1, got 0"),
         ({"oracle_path": "/nonexistent/target_params.npz"}, "no such file"),
         ({"text_train": __file__}, "both a training and a test file"),
         ({"oracle": False}, "nothing to run"),

@@ -132,6 +132,8 @@ class QualityPlan:
             recipe_path(name)
         if not self.seeds:
             raise RayganError("at least one seed is needed")
+        if self.eval_samples < 1:
+            raise RayganError(f"eval_samples must be at least 1, got {self.eval_samples}")
         for temps in (self.temperatures, self.gan_temperatures, self.text_temperatures):
             if any(t <= 0 for t in temps) or 1.0 not in temps:
                 raise RayganError("temperatures must be > 0 and include 1.0")
