@@ -15,6 +15,7 @@ from raygan.bench.quality import (
     SEQGAN_GOAL_SECONDS,
     placement_settings,
 )
+from raygan.core.frontier import pareto_front
 
 
 def _pm(stat: dict[str, float] | None, digits: int = 3) -> str:
@@ -303,8 +304,6 @@ def _colors(o: dict) -> dict[str, str]:
 
 
 def _frontier_panel(ax, result: dict) -> None:
-    from raygan.core.frontier import pareto_front
-
     o = result["oracle"]
     colors = _colors(o)
     for i, (seed, s) in enumerate(o["seeds"].items()):
