@@ -67,8 +67,8 @@ class ModelConfig:
     """log_ratio only: dropout on each of phi's language models' embeddings and LSTM outputs
     while D trains (its maximum-likelihood pretraining included); D scores without it. The usual
     regulariser of a language model against memorising its training rows: on the SeqGAN oracle
-    0.1 in nce_mix lowers G's copying and about half of its sharpening with it (BENCHMARKS.md,
-    phi_dropout)."""
+    0.1 in nce_mix lowers G's copying and a third to nearly half of its sharpening with it, on
+    average over 3 seeds (BENCHMARKS.md, phi_dropout)."""
     start_id: int = 0
     """Token fed to G at t=0: BOS for text corpora, 0 for the SeqGAN oracle."""
     eos_id: int | None = None
